@@ -1,0 +1,99 @@
+"""A set of micrographs given as files, globs, folders or a STAR file.
+
+Folders are searched recursively for ``*.mrc``. EPU writes the exposures as
+``GridSquare_*/Data/FoilHole_*_Data_*.mrc`` beside square and hole overview images; when a
+folder holds ``Data/`` sub-folders only the files inside them are taken. Movies written
+by EPU as ``*_fractions.mrc`` are skipped. Hidden files (such as cryoflow's own
+``.name.part.mrc`` temporaries) are skipped.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryoflow.errors import CryoflowError
+from cryoflow.io.star import StarTable, read_table, require_columns, resolve_star_path
+
+STAR_SUFFIX = ".star"
+_GLOB_CHARS = set("*?[")
+
+
+@dataclass
+class MicrographSet:
+    """Resolved micrograph paths, plus the STAR table when the set came from one.
+
+    ``star`` rows are in the same order as ``paths`` (``None`` when files were given).
+    """
+
+    paths: list[Path]
+    star: StarTable | None = None
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+def _wanted(path: Path) -> bool:
+    name = path.name
+    return not name.startswith(".") and not name.lower().endswith("_fractions.mrc")
+
+
+def _search_folder(folder: Path) -> list[Path]:
+    found = sorted(p for p in folder.rglob("*") if p.suffix.lower() == ".mrc" and p.is_file() and _wanted(p))
+    in_data = [p for p in found if "Data" in p.relative_to(folder).parts[:-1]]
+    return in_data or found
+
+
+def _from_star(path: Path) -> MicrographSet:
+    table = read_table(path, kind="micrographs")
+    require_columns(table.table, ["rlnMicrographName"], path, "micrographs")
+    paths = [resolve_star_path(name, path) for name in table.table["rlnMicrographName"]]
+    return MicrographSet(paths=paths, star=table)
+
+
+def find_micrographs(inputs: str | os.PathLike | Iterable[str | os.PathLike]) -> MicrographSet:
+    """Resolve micrograph inputs to a list of files.
+
+    ``inputs``: one or several of: MRC file, glob pattern (quote it in a shell), folder
+    (searched recursively), STAR file with rlnMicrographName (for example RELION's
+    ``corrected_micrographs.star``). A STAR file must be the only input.
+    Raises :class:`CryoflowError` when an input does not exist, a folder holds no MRC
+    file, or the set is empty. Duplicates are removed, order kept.
+    """
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    inputs = [str(i) for i in inputs]
+    if not inputs:
+        raise CryoflowError(None, "no micrographs given")
+    stars = [i for i in inputs if i.lower().endswith(STAR_SUFFIX)]
+    if stars:
+        if len(inputs) > 1:
+            raise CryoflowError(stars[0], "a STAR file must be the only micrograph input")
+        result = _from_star(Path(stars[0]))
+        if not result.paths:
+            raise CryoflowError(stars[0], "STAR file lists no micrographs")
+        return result
+    paths: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = _search_folder(path)
+            if not found:
+                raise CryoflowError(path, "folder holds no MRC files (*.mrc)")
+            paths.extend(found)
+        elif path.exists():
+            paths.append(path)
+        elif _GLOB_CHARS & set(item):
+            found = sorted(Path(p) for p in glob.glob(item, recursive=True) if _wanted(Path(p)))
+            if not found:
+                raise CryoflowError(item, "pattern matches no files")
+            paths.extend(found)
+        else:
+            raise CryoflowError(path, "file not found")
+    unique = list(dict.fromkeys(paths))
+    if not unique:
+        raise CryoflowError(inputs[0], "empty micrograph set")
+    return MicrographSet(paths=unique)

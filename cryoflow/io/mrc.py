@@ -1,0 +1,222 @@
+"""Micrographs and particle stacks in MRC format (read and written with ``mrcfile``).
+
+Conventions
+-----------
+- Arrays are indexed ``[y, x]`` (a micrograph is ``(H, W)``, a stack ``(N, H, W)``).
+- Pixel size is in Å per pixel. It comes from the header unless given explicitly; a
+  header value of 0 counts as missing, and a missing pixel size with none given is an
+  error (never guessed).
+- Supported modes: 0 (int8), 1 (int16), 2 (float32), 6 (uint16), 12 (float16). Data are
+  returned as float32.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+
+from cryoflow.errors import CryoflowError
+from cryoflow.io.atomic import atomic_path
+
+SUPPORTED_MODES = {0: "int8", 1: "int16", 2: "float32", 6: "uint16", 12: "float16"}
+MRC_SUFFIXES = (".mrc", ".mrcs", ".map", ".st")
+
+
+@dataclass(frozen=True)
+class MRCInfo:
+    """What an MRC file holds, read from its header only.
+
+    Attributes: ``shape`` as stored (``(H, W)`` or ``(N, H, W)``), ``mode`` (MRC mode
+    number), ``dtype`` (numpy name), ``pixel_size`` (Å, ``None`` when the header holds 0),
+    ``is_stack`` (the header says image stack, or the name ends in ``.mrcs``).
+    """
+
+    path: Path
+    shape: tuple[int, ...]
+    mode: int
+    dtype: str
+    pixel_size: float | None
+    is_stack: bool
+
+    @property
+    def n_images(self) -> int:
+        """Number of 2D images (1 for a single micrograph)."""
+        return self.shape[0] if len(self.shape) == 3 else 1
+
+
+def _open(path: str | os.PathLike, mmap: bool = False):
+    """Open an MRC file read-only, turning every failure into a one-line CryoflowError."""
+    path = Path(path)
+    if not path.exists():
+        raise CryoflowError(path, "file not found")
+    if path.is_dir():
+        raise CryoflowError(path, "is a folder, expected an MRC file")
+    opener = mrcfile.mmap if mmap else mrcfile.open
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return opener(path, mode="r", permissive=False)
+    except ValueError as exc:
+        text = str(exc)
+        if "Unrecognised mode" in text or "mode" in text.lower() and "unsupported" in text.lower():
+            raise CryoflowError(path, f"unsupported MRC mode ({text})") from None
+        if "Expected" in text and "bytes" in text or "too short" in text or "could only read" in text:
+            raise CryoflowError(path, f"truncated MRC: data shorter than the header says ({text})") from None
+        raise CryoflowError(path, f"not a valid MRC file ({text})") from None
+    except (OSError, EOFError) as exc:
+        raise CryoflowError(path, f"cannot read MRC file ({exc})") from None
+
+
+def _check_mode(path: Path, mode: int) -> None:
+    if mode not in SUPPORTED_MODES:
+        names = ", ".join(f"{m} ({n})" for m, n in SUPPORTED_MODES.items())
+        raise CryoflowError(path, f"unsupported MRC mode {mode}; supported modes are {names}")
+
+
+def _header_pixel_size(mrc) -> float | None:
+    size = float(mrc.voxel_size.x)
+    # headers store float32: round away the float32 noise (3.4151999950 -> 3.4152)
+    return round(size, 5) if np.isfinite(size) and size > 0 else None
+
+
+def read_info(path: str | os.PathLike) -> MRCInfo:
+    """Read an MRC header (no data) and return an :class:`MRCInfo`."""
+    path = Path(path)
+    with _open(path, mmap=True) as mrc:
+        mode = int(mrc.header.mode)
+        _check_mode(path, mode)
+        return MRCInfo(
+            path=path,
+            shape=tuple(int(s) for s in mrc.data.shape),
+            mode=mode,
+            dtype=SUPPORTED_MODES[mode],
+            pixel_size=_header_pixel_size(mrc),
+            is_stack=bool(mrc.is_image_stack()) or path.suffix == ".mrcs",
+        )
+
+
+def resolve_pixel_size(path: str | os.PathLike, header: float | None, given: float | None) -> float:
+    """Pick the pixel size (Å): the given value overrides the header; neither is an error."""
+    if given is not None:
+        if not np.isfinite(given) or given <= 0:
+            raise CryoflowError(path, f"pixel size must be a positive number of Å, got {given}")
+        return float(given)
+    if header is None:
+        raise CryoflowError(path, "pixel size missing or zero in the header and none given (use --pixel-size Å)")
+    return float(header)
+
+
+def _check_finite(path: Path, data: np.ndarray, what: str = "data") -> None:
+    if not np.isfinite(data).all():
+        n_bad = int(np.size(data) - np.isfinite(data).sum())
+        raise CryoflowError(path, f"{what} contain {n_bad} NaN or Inf values")
+
+
+def read_micrograph(path: str | os.PathLike, pixel_size: float | None = None) -> tuple[np.ndarray, float]:
+    """Read a single 2D micrograph.
+
+    Returns ``(image, pixel_size)``: ``image`` float32 ``(H, W)`` indexed ``[y, x]``,
+    ``pixel_size`` in Å (``pixel_size`` argument if given, else the header's).
+    A file holding several frames (a movie or a stack) is an error.
+    """
+    path = Path(path)
+    with _open(path) as mrc:
+        _check_mode(path, int(mrc.header.mode))
+        data = mrc.data
+        if data.ndim == 3 and data.shape[0] == 1:
+            data = data[0]
+        if data.ndim != 2:
+            raise CryoflowError(
+                path, f"holds {data.shape[0]} images of {data.shape[1]}x{data.shape[2]}; expected one motion-corrected micrograph"
+            )
+        apix = resolve_pixel_size(path, _header_pixel_size(mrc), pixel_size)
+        image = np.asarray(data, dtype=np.float32)
+    _check_finite(path, image)
+    return image, apix
+
+
+class ParticleStack:
+    """A memory-mapped image stack (``.mrcs``): indexing reads only the images asked for.
+
+    ``stack[i]`` returns float32 ``(H, W)``; ``stack[i:j]`` or ``stack[[i, j]]`` returns
+    ``(n, H, W)``. Images read are checked for NaN/Inf. Use as a context manager or call
+    :meth:`close`.
+    """
+
+    def __init__(self, path: str | os.PathLike, pixel_size: float | None = None):
+        self.path = Path(path)
+        self._mrc = _open(self.path, mmap=True)
+        try:
+            _check_mode(self.path, int(self._mrc.header.mode))
+            data = self._mrc.data
+            self._data = data[None] if data.ndim == 2 else data
+            self.pixel_size = resolve_pixel_size(self.path, _header_pixel_size(self._mrc), pixel_size)
+        except Exception:
+            self._mrc.close()
+            raise
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """``(N, H, W)``."""
+        return tuple(int(s) for s in self._data.shape)
+
+    def __len__(self) -> int:
+        return self._data.shape[0]
+
+    def __getitem__(self, index) -> np.ndarray:
+        images = np.asarray(self._data[index], dtype=np.float32)
+        _check_finite(self.path, images, f"images {index}")
+        return images
+
+    def close(self) -> None:
+        self._mrc.close()
+
+    def __enter__(self) -> ParticleStack:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_stack(path: str | os.PathLike, pixel_size: float | None = None) -> ParticleStack:
+    """Open an MRC stack memory-mapped (see :class:`ParticleStack`)."""
+    return ParticleStack(path, pixel_size)
+
+
+def write_mrc(
+    path: str | os.PathLike,
+    data: np.ndarray,
+    pixel_size: float,
+    *,
+    stack: bool | None = None,
+    dtype: np.dtype | str = np.float32,
+    overwrite: bool = True,
+) -> Path:
+    """Write a micrograph ``(H, W)``, a stack ``(N, H, W)`` or a volume atomically.
+
+    ``pixel_size`` (Å) is written to the header. ``stack`` marks a 3D array as an image
+    stack (default: when the name ends in ``.mrcs``). ``dtype`` float32 (mode 2) by default;
+    float16 (mode 12), int8, int16 and uint16 are accepted.
+    """
+    path = Path(path)
+    if not np.isfinite(pixel_size) or pixel_size <= 0:
+        raise CryoflowError(path, f"pixel size must be positive, got {pixel_size}")
+    array = np.ascontiguousarray(np.asarray(data).astype(dtype, copy=False))
+    if stack is None:
+        stack = path.suffix == ".mrcs"
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        with mrcfile.new(tmp, overwrite=True) as mrc:
+            mrc.set_data(array)
+            if array.ndim == 3:
+                if stack:
+                    mrc.set_image_stack()
+                else:
+                    mrc.set_volume()
+            mrc.voxel_size = pixel_size
+            mrc.update_header_stats()
+    return path
