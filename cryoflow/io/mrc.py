@@ -132,7 +132,8 @@ def read_micrograph(path: str | os.PathLike, pixel_size: float | None = None) ->
             data = data[0]
         if data.ndim != 2:
             raise CryoflowError(
-                path, f"holds {data.shape[0]} images of {data.shape[1]}x{data.shape[2]}; expected one motion-corrected micrograph"
+                path,
+                f"holds {data.shape[0]} images of {data.shape[1]}x{data.shape[2]}; expected one motion-corrected micrograph",
             )
         apix = resolve_pixel_size(path, _header_pixel_size(mrc), pixel_size)
         image = np.asarray(data, dtype=np.float32)

@@ -64,7 +64,9 @@ class StarTable:
         """Pixel size in Å: per row of ``table`` (array) or of one optics group (float)."""
         column = next((c for c in PIXEL_SIZE_COLUMNS[self.kind] if c in self.optics), None)
         if column is None:
-            raise CryoflowError(self.path, f"data_optics has no pixel size column (one of {', '.join(PIXEL_SIZE_COLUMNS[self.kind])})")
+            raise CryoflowError(
+                self.path, f"data_optics has no pixel size column (one of {', '.join(PIXEL_SIZE_COLUMNS[self.kind])})"
+            )
         sizes = self.optics.set_index("rlnOpticsGroup")[column].astype(float)
         if group is not None:
             return float(sizes.loc[group])
@@ -167,11 +169,15 @@ def read_table(path: str | os.PathLike, kind: str | None = None) -> StarTable:
             require_columns(optics, ["rlnOpticsGroup"], path, "optics")
             if "rlnOpticsGroup" not in table:
                 if len(optics) != 1:
-                    raise CryoflowError(path, f"data_{kind} has no rlnOpticsGroup column but data_optics has {len(optics)} groups")
+                    raise CryoflowError(
+                        path, f"data_{kind} has no rlnOpticsGroup column but data_optics has {len(optics)} groups"
+                    )
                 table = table.assign(rlnOpticsGroup=int(optics["rlnOpticsGroup"].iloc[0]))
             unknown = set(table["rlnOpticsGroup"]) - set(optics["rlnOpticsGroup"])
             if unknown:
-                raise CryoflowError(path, f"data_{kind} refers to optics group(s) {sorted(unknown)} missing from data_optics")
+                raise CryoflowError(
+                    path, f"data_{kind} refers to optics group(s) {sorted(unknown)} missing from data_optics"
+                )
     elif len(blocks) == 1 and "optics" not in blocks:
         # RELION 3.0: a single unnamed (or differently named) block
         name, table = blocks.popitem()
@@ -180,7 +186,9 @@ def read_table(path: str | os.PathLike, kind: str | None = None) -> StarTable:
     else:
         names = ", ".join(f"data_{n}" for n in blocks)
         raise CryoflowError(path, f"has no data_{kind} block (found: {names})")
-    return StarTable(optics=optics, table=table.reset_index(drop=True), kind=kind, path=path, upgraded=upgraded, extra=blocks or None)
+    return StarTable(
+        optics=optics, table=table.reset_index(drop=True), kind=kind, path=path, upgraded=upgraded, extra=blocks or None
+    )
 
 
 def write_table(path: str | os.PathLike, table: StarTable, overwrite: bool = True) -> Path:

@@ -1,0 +1,1 @@
+"""One module per ``cryoflow`` sub-command: a docstring, ``add_args(parser)``, ``main(args)``."""

@@ -1,0 +1,39 @@
+"""Print the figures an issue asks for (accuracy against the simulator's truth, seconds per item, memory).
+
+A benchmark measures a step on data the simulator makes, so a user can reproduce the
+figures on their own hardware. Each step that has one provides ``cryoflow.<step>.bench``
+with ``main(argv) -> dict``; options after STEP go to it (see ``cryoflow bench STEP --help``).
+
+Examples::
+
+    cryoflow bench simulate
+    cryoflow bench simulate --help
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+from cryoflow.errors import CryoflowError
+
+STEPS = ["simulate"]
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("step", choices=STEPS, help="the step to benchmark")
+    parser.add_argument("options", nargs=argparse.REMAINDER, help="options passed to the step's benchmark")
+    parser.add_argument("--json", metavar="FILE", help="also write the figures to FILE as JSON")
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        module = importlib.import_module(f"cryoflow.{args.step}.bench")
+    except ModuleNotFoundError:
+        raise CryoflowError(None, f"no benchmark for step {args.step!r} yet") from None
+    figures = module.main(list(args.options))  # prints its own readable table
+    if args.json:
+        from cryoflow.report.builder import write_summary
+
+        write_summary(args.json, figures)
+    return 0

@@ -1,0 +1,90 @@
+"""MRC reading and writing: modes, pixel size, memory-mapped stacks, atomic writes."""
+
+from __future__ import annotations
+
+import mrcfile
+import numpy as np
+import pytest
+
+from cryoflow.errors import CryoflowError
+from cryoflow.io import open_stack, read_info, read_micrograph, write_mrc
+
+
+@pytest.mark.parametrize(
+    ("dtype", "mode"), [(np.int8, 0), (np.int16, 1), (np.float32, 2), (np.uint16, 6), (np.float16, 12)]
+)
+def test_modes_round_trip(tmp_path, dtype, mode):
+    rng = np.random.default_rng(0)
+    data = rng.integers(0, 100, size=(32, 48)).astype(dtype)
+    path = write_mrc(tmp_path / "m.mrc", data, pixel_size=1.34, dtype=dtype)
+    info = read_info(path)
+    assert info.mode == mode and info.shape == (32, 48)
+    image, apix = read_micrograph(path)
+    assert image.dtype == np.float32
+    np.testing.assert_array_equal(image, data.astype(np.float32))
+    assert apix == pytest.approx(1.34)
+
+
+def test_pixel_size_override_and_missing(tmp_path):
+    path = tmp_path / "nopix.mrc"
+    with mrcfile.new(path) as mrc:
+        mrc.set_data(np.zeros((16, 16), np.float32))
+    with pytest.raises(CryoflowError, match="pixel size missing"):
+        read_micrograph(path)
+    _, apix = read_micrograph(path, pixel_size=0.85)
+    assert apix == 0.85
+    with pytest.raises(CryoflowError, match="positive"):
+        read_micrograph(path, pixel_size=0)
+    # the header value is overridable too
+    write_mrc(tmp_path / "pix.mrc", np.zeros((8, 8)), pixel_size=2.0)
+    assert read_micrograph(tmp_path / "pix.mrc", pixel_size=1.0)[1] == 1.0
+
+
+def test_stack_is_memory_mapped_and_sliced(tmp_path):
+    data = np.arange(50 * 16 * 16, dtype=np.float32).reshape(50, 16, 16)
+    path = write_mrc(tmp_path / "particles.mrcs", data, pixel_size=1.5)
+    info = read_info(path)
+    assert info.is_stack and info.n_images == 50
+    with open_stack(path) as stack:
+        assert isinstance(stack._data, np.memmap)
+        assert stack.shape == (50, 16, 16) and len(stack) == 50
+        np.testing.assert_array_equal(stack[7], data[7])
+        np.testing.assert_array_equal(stack[[3, 9]], data[[3, 9]])
+        np.testing.assert_array_equal(stack[10:20], data[10:20])
+
+
+def test_nan_in_data_is_an_error(tmp_path):
+    data = np.ones((16, 16), np.float32)
+    data[3, 4] = np.nan
+    path = write_mrc(tmp_path / "nan.mrc", data, pixel_size=1.0)
+    with pytest.raises(CryoflowError, match="NaN"):
+        read_micrograph(path)
+
+
+def test_movie_is_not_a_micrograph(tmp_path):
+    path = write_mrc(tmp_path / "movie.mrc", np.zeros((5, 16, 16), np.float32), pixel_size=1.0, stack=True)
+    with pytest.raises(CryoflowError, match="5 images"):
+        read_micrograph(path)
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path, monkeypatch):
+    target = tmp_path / "out.mrc"
+    write_mrc(target, np.ones((8, 8)), pixel_size=1.0)
+    before = target.read_bytes()
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(mrcfile.mrcfile.MrcFile, "update_header_stats", boom)
+    with pytest.raises(RuntimeError):
+        write_mrc(target, np.zeros((8, 8)), pixel_size=1.0)
+    assert target.read_bytes() == before  # the old file is intact
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mrc"]  # no temporary left
+
+
+def test_real_micrographs(shared_data):
+    image, apix = read_micrograph(shared_data / "micrographs" / "epu_falcon_bin4.mrc")
+    assert image.shape == (1024, 1024)
+    assert apix == pytest.approx(2.6664, abs=1e-3)
+    image, apix = read_micrograph(shared_data / "micrographs" / "diamond_epu_bin4.mrc")
+    assert image.shape == (959, 927) and apix == pytest.approx(3.4152, abs=1e-3)
