@@ -107,7 +107,7 @@ def write_blocks(path: str | os.PathLike, blocks: dict[str, pd.DataFrame], overw
     """Write data blocks to a STAR file atomically (write to a temporary name, then rename)."""
     path = Path(path)
     with atomic_path(path, overwrite=overwrite) as tmp:
-        starfile.write(blocks, tmp, float_format=FLOAT_FORMAT, sep=" ")
+        starfile.write(blocks, tmp, float_format=FLOAT_FORMAT, na_rep="nan")
     return path
 
 
