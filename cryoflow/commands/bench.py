@@ -17,7 +17,7 @@ import importlib
 
 from cryoflow.errors import CryoflowError
 
-STEPS = ["simulate"]
+STEPS = ["simulate", "ctf"]
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
