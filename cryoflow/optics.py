@@ -68,9 +68,13 @@ def ctf_phase(
     )
 
 
-def ctf_values(ky, kx, defocus_u, defocus_v, defocus_angle, voltage, cs, amplitude_contrast, phase_shift=0.0, b_factor=0.0):
+def ctf_values(
+    ky, kx, defocus_u, defocus_v, defocus_angle, voltage, cs, amplitude_contrast, phase_shift=0.0, b_factor=0.0
+):
     """The CTF (-sin χ, times an optional envelope exp(-B k²/4), B in Å²) at ``(ky, kx)``."""
-    ctf = -torch.sin(ctf_phase(ky, kx, defocus_u, defocus_v, defocus_angle, voltage, cs, amplitude_contrast, phase_shift))
+    ctf = -torch.sin(
+        ctf_phase(ky, kx, defocus_u, defocus_v, defocus_angle, voltage, cs, amplitude_contrast, phase_shift)
+    )
     if b_factor:
         ctf = ctf * torch.exp(-b_factor * (ky * ky + kx * kx) / 4)
     return ctf

@@ -19,8 +19,15 @@ OPTICS = Optics(300.0, 2.7, 0.07)
 
 def simulate(size=512, defocus_u=15000.0, defocus_v=14000.0, angle=30.0, seed=0, **kwargs):
     spec = MicrographSpec(
-        shape=(size, size), pixel_size=APIX, defocus_u=defocus_u, defocus_v=defocus_v, defocus_angle=angle,
-        amplitude_contrast=0.07, n_particles=kwargs.pop("n_particles", 15), seed=seed, **kwargs,
+        shape=(size, size),
+        pixel_size=APIX,
+        defocus_u=defocus_u,
+        defocus_v=defocus_v,
+        defocus_angle=angle,
+        amplitude_contrast=0.07,
+        n_particles=kwargs.pop("n_particles", 15),
+        seed=seed,
+        **kwargs,
     )
     return simulate_micrograph(spec, [reference_species(APIX)])
 
@@ -84,7 +91,14 @@ def test_command_writes_relion_star_and_report(cli, tmp_path):
     assert result.code == 0, result.err
     table = read_table(out / "micrographs_ctf.star")
     assert table.pixel_size(1) == APIX and float(table.optics["rlnVoltage"].iloc[0]) == 300
-    for column in ("rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle", "rlnCtfMaxResolution", "rlnCtfFigureOfMerit", "rlnCtfAstigmatism"):
+    for column in (
+        "rlnDefocusU",
+        "rlnDefocusV",
+        "rlnDefocusAngle",
+        "rlnCtfMaxResolution",
+        "rlnCtfFigureOfMerit",
+        "rlnCtfAstigmatism",
+    ):
         assert column in table.table
     for _, row in table.table.iterrows():
         name = row["rlnMicrographName"].rsplit("/", 1)[-1]

@@ -66,6 +66,6 @@ def test_workflow_runs_on_tiny_dataset(tmp_path):
     dataset = Path(outputs["dataset"]["path"])
     inventory = Path(outputs["inventory"]["path"])
     summary = json.loads((inventory / "summary.json").read_text())
-    truth = json.loads((dataset / "dataset.json").read_text())
+    truth = json.loads((dataset / "summary.json").read_text())
     # the inventory found exactly the micrographs the simulator made
     assert summary["micrographs"] == truth["n_micrographs"] > 0

@@ -2,10 +2,11 @@
 cwlVersion: v1.0
 class: Workflow
 id: cryoflow_simulate_inspect
-label: "Simulate a dataset and inspect its micrographs"
+label: "Simulate a dataset, inspect its micrographs, estimate their CTF"
 doc: |
-  The first two links of the pipeline: simulate a dataset with ground truth, then write the
-  inventory report of its micrographs. Grows into preprocess.cwl as steps land.
+  The first links of the pipeline: simulate a dataset with ground truth, write the
+  inventory report of its micrographs and estimate their CTF. Grows into preprocess.cwl
+  as steps land.
 $namespaces:
   sbg: https://www.sevenbridges.com/
 requirements:
@@ -40,7 +41,15 @@ steps:
       micrographs: simulate/dataset
     out: [report_dir, summary]
     sbg:x: 500
-    sbg:y: 175
+    sbg:y: 100
+  ctf:
+    run: ../tools/ctf.cwl
+    in:
+      micrographs: simulate/dataset
+      amplitude_contrast: {default: 0.07}
+    out: [out_dir, micrographs_ctf, summary]
+    sbg:x: 500
+    sbg:y: 250
 outputs:
   dataset:
     type: Directory
@@ -51,4 +60,9 @@ outputs:
     type: Directory
     outputSource: info/report_dir
     sbg:x: 750
-    sbg:y: 250
+    sbg:y: 175
+  ctf_dir:
+    type: Directory
+    outputSource: ctf/out_dir
+    sbg:x: 750
+    sbg:y: 300

@@ -20,16 +20,44 @@ from cryoflow.device import add_device_argument
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("micrographs", nargs="+", metavar="MICROGRAPHS", help="MRC files, globs, folders or a STAR file")
+    parser.add_argument(
+        "micrographs", nargs="+", metavar="MICROGRAPHS", help="MRC files, globs, folders or a STAR file"
+    )
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder (must not exist or be empty)")
-    parser.add_argument("--pixel-size", type=float, metavar="Å", help="pixel size in Å (default: from the STAR optics or the MRC header)")
-    parser.add_argument("--voltage", type=float, default=300.0, metavar="kV", help="acceleration voltage in kV (a STAR input's optics take precedence)")
+    parser.add_argument(
+        "--pixel-size",
+        type=float,
+        metavar="Å",
+        help="pixel size in Å (default: from the STAR optics or the MRC header)",
+    )
+    parser.add_argument(
+        "--voltage",
+        type=float,
+        default=300.0,
+        metavar="kV",
+        help="acceleration voltage in kV (a STAR input's optics take precedence)",
+    )
     parser.add_argument("--cs", type=float, default=2.7, metavar="mm", help="spherical aberration in mm")
-    parser.add_argument("--amplitude-contrast", type=float, default=0.1, metavar="F", help="amplitude contrast as a fraction (0.07-0.1 for cryo)")
-    parser.add_argument("--defocus-min", type=float, default=0.2, metavar="µm", help="lowest defocus searched, µm (underfocus positive)")
+    parser.add_argument(
+        "--amplitude-contrast",
+        type=float,
+        default=0.1,
+        metavar="F",
+        help="amplitude contrast as a fraction (0.07-0.1 for cryo)",
+    )
+    parser.add_argument(
+        "--defocus-min", type=float, default=0.2, metavar="µm", help="lowest defocus searched, µm (underfocus positive)"
+    )
     parser.add_argument("--defocus-max", type=float, default=7.0, metavar="µm", help="highest defocus searched, µm")
-    parser.add_argument("--low-resolution", type=float, default=30.0, metavar="Å", help="lowest resolution used in the fit, Å")
-    parser.add_argument("--high-resolution", type=float, metavar="Å", help="highest resolution used in the fit, Å (default: as far as the Thon rings reach)")
+    parser.add_argument(
+        "--low-resolution", type=float, default=30.0, metavar="Å", help="lowest resolution used in the fit, Å"
+    )
+    parser.add_argument(
+        "--high-resolution",
+        type=float,
+        metavar="Å",
+        help="highest resolution used in the fit, Å (default: as far as the Thon rings reach)",
+    )
     parser.add_argument("--phase-plate", action="store_true", help="also fit a phase shift (Volta phase plate data)")
     parser.add_argument("--no-tilt", action="store_true", help="skip the 3x3 local fits that measure specimen tilt")
     add_device_argument(parser)
@@ -45,7 +73,9 @@ def main(args: argparse.Namespace) -> int:
     if args.voltage <= 0 or args.cs < 0:
         raise CryoflowError(None, "--voltage must be positive and --cs non-negative")
     if not 0 < args.defocus_min < args.defocus_max:
-        raise CryoflowError(None, f"need 0 < --defocus-min < --defocus-max (µm), got {args.defocus_min} and {args.defocus_max}")
+        raise CryoflowError(
+            None, f"need 0 < --defocus-min < --defocus-max (µm), got {args.defocus_min} and {args.defocus_max}"
+        )
     if args.high_resolution is not None and not 0 < args.high_resolution < args.low_resolution:
         raise CryoflowError(None, "--high-resolution must be positive and finer (smaller, Å) than --low-resolution")
     settings = Settings(

@@ -28,6 +28,7 @@ def steps(run: Path, args: argparse.Namespace) -> list[tuple[str, list[str]]]:
     return [
         ("simulate", ["simulate", "--preset", args.preset, "--seed", str(args.seed), "--out", str(data)]),
         ("info", ["info", str(data), "--out", str(run / "info")]),
+        ("ctf", ["ctf", str(data / "micrographs.star"), "--out", str(run / "ctf")]),
     ]
 
 

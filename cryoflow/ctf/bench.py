@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -39,8 +38,14 @@ def _simulate(n: int, size: int, seed: int, pixel_range=(0.8, 2.0), particles: i
         a = float(rng.uniform(0, 1500))
         angle = float(rng.uniform(0, 180))
         spec = MicrographSpec(
-            shape=(size, size), pixel_size=apix, defocus_u=d + a / 2, defocus_v=d - a / 2, defocus_angle=angle,
-            amplitude_contrast=AC, n_particles=particles, seed=seed * 1000 + i,
+            shape=(size, size),
+            pixel_size=apix,
+            defocus_u=d + a / 2,
+            defocus_v=d - a / 2,
+            defocus_angle=angle,
+            amplitude_contrast=AC,
+            n_particles=particles,
+            seed=seed * 1000 + i,
         )
         yield simulate_micrograph(spec, [reference_species(apix)]), spec
 
@@ -107,22 +112,36 @@ def _aspire(python: str, images, specs):
             folder = Path(tmp) / f"m{i}"
             folder.mkdir()
             write_mrc(folder / "m.mrc", image, spec.pixel_size)
-            jobs.append({"folder": str(folder), "pixel_size": spec.pixel_size, "cs": spec.cs, "ac": spec.amplitude_contrast, "voltage": spec.voltage})
+            jobs.append(
+                {
+                    "folder": str(folder),
+                    "pixel_size": spec.pixel_size,
+                    "cs": spec.cs,
+                    "ac": spec.amplitude_contrast,
+                    "voltage": spec.voltage,
+                }
+            )
         (Path(tmp) / "jobs.json").write_text(json.dumps(jobs))
         (Path(tmp) / "run.py").write_text(ASPIRE_SCRIPT)
-        subprocess.run([python, str(Path(tmp) / "run.py"), str(Path(tmp) / "jobs.json"), str(Path(tmp) / "out.json")], check=True)
+        subprocess.run(
+            [python, str(Path(tmp) / "run.py"), str(Path(tmp) / "jobs.json"), str(Path(tmp) / "out.json")], check=True
+        )
         results = json.loads((Path(tmp) / "out.json").read_text())
     return [r["fit"] for r in results], [r["seconds"] for r in results]
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="cryoflow bench ctf", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="cryoflow bench ctf", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--n", type=int, default=40, help="micrographs for the accuracy figures")
     parser.add_argument("--size", type=int, default=1024, help="side of the accuracy micrographs, px")
     parser.add_argument("--speed-n", type=int, default=5, help="4096² micrographs for the speed figure (0: skip)")
     parser.add_argument("--speed-size", type=int, default=4096, help="side of the speed micrographs, px")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--aspire", metavar="PYTHON", help="a Python with `aspire` installed: compare on the same micrographs")
+    parser.add_argument(
+        "--aspire", metavar="PYTHON", help="a Python with `aspire` installed: compare on the same micrographs"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
@@ -133,7 +152,14 @@ def main(argv: list[str] | None = None) -> dict:
         specs.append(spec)
         fits.append(fit)
         times.append(dt)
-    figures = {"accuracy": {"micrographs": args.n, "size": args.size, **_errors(fits, specs), "seconds_median": float(np.median(times))}}
+    figures = {
+        "accuracy": {
+            "micrographs": args.n,
+            "size": args.size,
+            **_errors(fits, specs),
+            "seconds_median": float(np.median(times)),
+        }
+    }
 
     if args.speed_n:
         estimate(torch.from_numpy(images[0]), specs[0].pixel_size, Optics())  # warm-up
@@ -157,7 +183,9 @@ def main(argv: list[str] | None = None) -> dict:
             _, s_times = _aspire(args.aspire, speed_images, speed_specs)
             figures["aspire_speed"] = {"seconds_median": float(np.median(s_times))}
 
-    print("CTF benchmark (targets: defocus error median <= 0.5%, p95 <= 2%; angle error median <= 5 deg; <= 1 s per 4096² micrograph)")
+    print(
+        "CTF benchmark (targets: defocus error median <= 0.5%, p95 <= 2%; angle error median <= 5 deg; <= 1 s per 4096² micrograph)"
+    )
     for section, values in figures.items():
         print(f"  {section}:")
         for key, value in values.items():

@@ -109,14 +109,15 @@ def estimate(image: torch.Tensor, pixel_size: float, optics: Optics, settings: S
     metrics["figure_of_merit"] = fit.score
     if not fit.significance >= MIN_SIGNIFICANCE:
         return _no_fit(
-            f"no Thon rings found (figure of merit {fit.score:.3f} is {fit.significance:.1f} noise levels, needs {MIN_SIGNIFICANCE:g})", metrics
+            f"no Thon rings found (figure of merit {fit.score:.3f} is {fit.significance:.1f} noise levels, needs {MIN_SIGNIFICANCE:g})",
+            metrics,
         )
     profile = equiphase_profile(spectrum, signal, fit, optics)
     resolution = fit_resolution(profile, k_min)
     # extend the fit to the resolution the rings reach (up to 0.95 Nyquist), then re-measure
     k_far = min(0.95 * nyquist, 1.0 / resolution) if math.isfinite(resolution) else k_max
     if k_far > k_max * 1.05 and not settings.high_resolution:
-        fit = refine_ctf(spectrum, fit, optics, (k_min, k_far), fit_phase=settings.phase_plate)
+        fit = refine_ctf(spectrum, fit, optics, (k_min, k_far), fit_phase=settings.phase_plate, iterations=20)
         profile = equiphase_profile(spectrum, signal, fit, optics)
         resolution = fit_resolution(profile, k_min)
     metrics["figure_of_merit"] = fit.score
@@ -129,7 +130,17 @@ def estimate(image: torch.Tensor, pixel_size: float, optics: Optics, settings: S
         metrics["tilt_angle"], metrics["tilt_axis"] = local_tilt(image, pixel_size, optics, fit, resolution, settings)
     from cryoflow.optics import ctf_phase
 
-    chi = ctf_phase(spectrum.ky, spectrum.kx, fit.defocus_u, fit.defocus_v, fit.angle, optics.voltage, optics.cs, optics.amplitude_contrast, fit.phase_shift)
+    chi = ctf_phase(
+        spectrum.ky,
+        spectrum.kx,
+        fit.defocus_u,
+        fit.defocus_v,
+        fit.angle,
+        optics.voltage,
+        optics.cs,
+        optics.amplitude_contrast,
+        fit.phase_shift,
+    )
     return CtfResult(
         ok=True,
         reason="",
@@ -149,18 +160,39 @@ def _to_cpu(spectrum):
     return replace(spectrum, power=spectrum.power.cpu(), ky=spectrum.ky.cpu(), kx=spectrum.kx.cpu())
 
 
-def local_tilt(image: torch.Tensor, pixel_size: float, optics: Optics, fit: CtfFit, resolution: float, settings: Settings):
-    """Tilt from mean-defocus fits in a 3 x 3 grid of regions (astigmatism held at the global value)."""
+def local_tilt(
+    image: torch.Tensor, pixel_size: float, optics: Optics, fit: CtfFit, resolution: float, settings: Settings
+):
+    """Tilt from the mean defocus of a 3 x 3 grid of regions (astigmatism held at the global value).
+
+    Each region's spectrum is averaged along the global fit's elliptical rings (equiphase
+    average) and its defocus found by the joint background + rings search of
+    :func:`cryoflow.ctf.fit.search_1d` within ±15% of the global value (0.05% steps).
+    """
+    from cryoflow.ctf.fit import radial_profile, search_1d
+    from cryoflow.optics import astigmatic_defocus
+
     height, width = image.shape[-2:]
     rh, rw = height // TILT_GRID, width // TILT_GRID
-    positions, defoci = [], []
     k_min = fit.k_min
     k_max = min(max(1.0 / resolution, fit.k_max), 0.9 * 0.5 / pixel_size)
+    candidates = fit.defocus * torch.linspace(0.85, 1.15, 601, dtype=torch.float64)
+    positions, defoci = [], []
     for i in range(TILT_GRID):
         for j in range(TILT_GRID):
             region = image[i * rh : (i + 1) * rh, j * rw : (j + 1) * rw]
-            spectrum = _to_cpu(power_spectrum(region, pixel_size, target=max(128, min(rh, rw) // 2)))
-            local = refine_ctf(spectrum, fit, optics, (k_min, k_max), fit_astigmatism=False, iterations=15)
+            spectrum = _to_cpu(power_spectrum(region, pixel_size, target=256))
+            along = astigmatic_defocus(
+                spectrum.ky, spectrum.kx, torch.tensor(fit.defocus_u), torch.tensor(fit.defocus_v), fit.angle
+            )
+            k_eq = spectrum.k * torch.sqrt(along / fit.defocus)
+            edges = torch.arange(k_min, k_max, spectrum.step / 2, dtype=torch.float32)
+            profile = radial_profile(torch.sqrt(spectrum.power).flatten(), k_eq.float().flatten(), edges).double()
+            centres = ((edges[:-1] + edges[1:]) / 2).double()
+            score = search_1d(profile, centres, candidates, optics, fit.phase_shift)
+            best = int(torch.nan_to_num(score, nan=-1).argmax())
             positions.append(((j + 0.5) * rw, (i + 0.5) * rh))
-            defoci.append(local.defocus if local.significance > MIN_SIGNIFICANCE else float("nan"))
+            # an edge of the search window or no rings explained: no reliable local defocus
+            reliable = 0 < best < len(candidates) - 1 and float(score[best]) > 0.05
+            defoci.append(float(candidates[best]) if reliable else float("nan"))
     return defocus_plane(np.array(positions), np.array(defoci), pixel_size)

@@ -102,7 +102,9 @@ def radial_profile(values: torch.Tensor, k: torch.Tensor, edges: torch.Tensor) -
     flat = values[..., valid]
     idx = index[valid]
     sums = torch.zeros(*values.shape[:-1], n, dtype=values.dtype, device=values.device).index_add_(-1, idx, flat)
-    counts = torch.zeros(n, dtype=values.dtype, device=values.device).index_add_(0, idx, torch.ones_like(idx, dtype=values.dtype))
+    counts = torch.zeros(n, dtype=values.dtype, device=values.device).index_add_(
+        0, idx, torch.ones_like(idx, dtype=values.dtype)
+    )
     return sums / counts.clamp_min(1) + torch.where(counts > 0, 0.0, float("nan"))
 
 
@@ -120,7 +122,12 @@ N_ENVELOPE = 4  # smooth envelope of the rings: degree 0-3
 
 
 def search_1d(
-    profile: torch.Tensor, k: torch.Tensor, defoci: torch.Tensor, optics: Optics, phase_shift=0.0, return_background: bool = False
+    profile: torch.Tensor,
+    k: torch.Tensor,
+    defoci: torch.Tensor,
+    optics: Optics,
+    phase_shift=0.0,
+    return_background: bool = False,
 ):
     """Score isotropic defocus values against a rotationally averaged *amplitude* profile.
 
@@ -139,11 +146,24 @@ def search_1d(
     bg = _basis(kk, k_lo, k_hi, N_BACKGROUND)
     env = _basis(kk, k_lo, k_hi, N_ENVELOPE)
     zero = torch.zeros_like(kk)
-    chi = ctf_phase(zero, kk, defoci[:, None], defoci[:, None], 0.0, optics.voltage, optics.cs, optics.amplitude_contrast, phase_shift)
+    chi = ctf_phase(
+        zero,
+        kk,
+        defoci[:, None],
+        defoci[:, None],
+        0.0,
+        optics.voltage,
+        optics.cs,
+        optics.amplitude_contrast,
+        phase_shift,
+    )
     rings = torch.sin(chi) ** 2  # (D, K)
     design = torch.cat([bg.expand(len(defoci), -1, -1), env[None] * rings[..., None]], dim=-1)  # (D, K, nb+ne)
     gram = design.transpose(1, 2) @ design
-    gram = gram + 1e-9 * torch.eye(gram.shape[-1], dtype=gram.dtype) * gram.diagonal(dim1=1, dim2=2).mean(-1)[:, None, None]
+    gram = (
+        gram
+        + 1e-9 * torch.eye(gram.shape[-1], dtype=gram.dtype) * gram.diagonal(dim1=1, dim2=2).mean(-1)[:, None, None]
+    )
     rhs = design.transpose(1, 2) @ p
     coef = torch.linalg.solve(gram, rhs)
     residual = ((design @ coef[..., None])[..., 0] - p) ** 2
@@ -173,22 +193,45 @@ def _peaks(score: torch.Tensor, n: int) -> list[int]:
     return [int(i) for i in idx[order][:n]]
 
 
-def joint_residual(amp, kk, chi, k_lo: float, k_hi: float):
-    """Least-squares fit ``amp ≈ B(k) + E(k)·sin²χ`` (B, E smooth in k); returns (rss, rss_background_only, B, E·sin²χ)."""
-    bg = _basis(kk, k_lo, k_hi, N_BACKGROUND)
-    env = _basis(kk, k_lo, k_hi, N_ENVELOPE)
-    rings = torch.sin(chi) ** 2
-    design = torch.cat([bg, env * rings[:, None]], dim=1)
-    gram = design.T @ design
-    gram = gram + 1e-9 * gram.diagonal().mean() * torch.eye(gram.shape[0], dtype=gram.dtype)
-    coef = torch.linalg.solve(gram, design.T @ amp)
-    rss = ((design @ coef) - amp).pow(2).sum()
-    coef0 = torch.linalg.solve(bg.T @ bg + 1e-9 * torch.eye(bg.shape[1], dtype=bg.dtype), bg.T @ amp)
-    rss0 = ((bg @ coef0) - amp).pow(2).sum()
-    return rss, rss0, bg @ coef[:N_BACKGROUND], (env @ coef[N_BACKGROUND:]) * rings
+class JointModel:
+    """``amp ≈ B(k) + E(k)·sin²χ`` with B, E smooth in k (Legendre), solved by least squares.
+
+    The bases and the background-only fit depend on the points only, so they are computed
+    once; :meth:`residual` then costs one small Gram matrix per evaluation of χ.
+    """
+
+    def __init__(self, amp: torch.Tensor, kk: torch.Tensor, k_lo: float, k_hi: float):
+        self.amp = amp
+        self.bg = _basis(kk, k_lo, k_hi, N_BACKGROUND)
+        self.env = _basis(kk, k_lo, k_hi, N_ENVELOPE)
+        eye = torch.eye(N_BACKGROUND, dtype=amp.dtype, device=amp.device)
+        coef0 = torch.linalg.solve(self.bg.T @ self.bg + 1e-9 * eye, self.bg.T @ amp)
+        self.rss0 = ((self.bg @ coef0) - amp).pow(2).sum()
+
+    def residual(self, chi: torch.Tensor):
+        """``(rss, rss_background_only, B, E·sin²χ)`` for the CTF phase ``chi`` at the points."""
+        rings = torch.sin(chi) ** 2
+        design = torch.cat([self.bg, self.env * rings[:, None]], dim=1)
+        gram = design.T @ design
+        gram = gram + 1e-9 * gram.diagonal().mean() * torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
+        coef = torch.linalg.solve(gram, design.T @ self.amp)
+        rss = ((design @ coef) - self.amp).pow(2).sum()
+        return rss, self.rss0, self.bg @ coef[:N_BACKGROUND], (self.env @ coef[N_BACKGROUND:]) * rings
 
 
-def _refine(amp, ky, kx, k_lo, k_hi, start, optics: Optics, fit_phase: bool, iterations: int = 40, fit_astigmatism: bool = True, defocus_range=(0.0, math.inf)):
+def _refine(
+    amp,
+    ky,
+    kx,
+    k_lo,
+    k_hi,
+    start,
+    optics: Optics,
+    fit_phase: bool,
+    iterations: int = 40,
+    fit_astigmatism: bool = True,
+    defocus_range=(0.0, math.inf),
+):
     """L-BFGS on (m, ax, ay[, phase]) (µm, µm, µm, 90°) minimising the joint-fit residual (variable projection).
 
     Returns the parameters (Å, Å, Å, degrees), the figure of merit (the correlation of the
@@ -203,21 +246,25 @@ def _refine(amp, ky, kx, k_lo, k_hi, start, optics: Optics, fit_phase: bool, ite
     astig = 1.0 if fit_astigmatism else 0.0
     mask = torch.tensor([1.0, astig, astig, 1.0 if fit_phase else 0.0], dtype=torch.float64, device=amp.device)
     base = params.detach().clone()
-    opt = torch.optim.LBFGS([params], lr=1, max_iter=iterations, line_search_fn="strong_wolfe", tolerance_grad=1e-9, tolerance_change=1e-12)
+    opt = torch.optim.LBFGS(
+        [params], lr=1, max_iter=iterations, line_search_fn="strong_wolfe", tolerance_grad=1e-9, tolerance_change=1e-12
+    )
     a = amp.double()
     kyd, kxd = ky.double(), kx.double()
-    kk = torch.sqrt(kyd**2 + kxd**2)
+    joint = JointModel(a, torch.sqrt(kyd**2 + kxd**2), k_lo, k_hi)
 
     def chi_of(p):
         mag = torch.sqrt(p[1] ** 2 + p[2] ** 2 + 1e-12) * scale
         angle = torch.rad2deg(torch.atan2(p[2], p[1]) / 2)
         m = p[0] * scale
-        return ctf_phase(kyd, kxd, m + mag, m - mag, angle, optics.voltage, optics.cs, optics.amplitude_contrast, p[3] * 90.0)
+        return ctf_phase(
+            kyd, kxd, m + mag, m - mag, angle, optics.voltage, optics.cs, optics.amplitude_contrast, p[3] * 90.0
+        )
 
     def closure():
         opt.zero_grad()
         p = base + (params - base) * mask
-        rss, rss0, _, _ = joint_residual(a, kk, chi_of(p), k_lo, k_hi)
+        rss, rss0, _, _ = joint.residual(chi_of(p))
         loss = rss / rss0
         loss.backward()
         return loss
@@ -226,7 +273,7 @@ def _refine(amp, ky, kx, k_lo, k_hi, start, optics: Optics, fit_phase: bool, ite
     with torch.no_grad():
         p = (base + (params - base) * mask).cpu()
         chi = chi_of(p)
-        rss, rss0, background, _ = joint_residual(a, kk, chi, k_lo, k_hi)
+        rss, rss0, background, _ = joint.residual(chi)
         explained = float(1 - rss / rss0)
         score = float(pearson(a - background, torch.sin(chi) ** 2))
     out = (float(p[0]) * scale, float(p[1]) * scale, float(p[2]) * scale, float(p[3]) * 90.0)
@@ -240,7 +287,16 @@ def _to_fit(params, score, k_min, k_max, n_points: int = 0) -> CtfFit:
     m, ax, ay, ps = params
     mag = math.hypot(ax, ay)
     angle = math.degrees(math.atan2(ay, ax) / 2) % 180.0
-    return CtfFit(defocus_u=m + mag, defocus_v=m - mag, angle=angle, phase_shift=ps % 360.0 if ps else 0.0, score=score, k_min=k_min, k_max=k_max, n_points=n_points)
+    return CtfFit(
+        defocus_u=m + mag,
+        defocus_v=m - mag,
+        angle=angle,
+        phase_shift=ps % 360.0 if ps else 0.0,
+        score=score,
+        k_min=k_min,
+        k_max=k_max,
+        n_points=n_points,
+    )
 
 
 def fit_ctf(
@@ -275,7 +331,9 @@ def fit_ctf(
     centres = ((edges[:-1] + edges[1:]) / 2).double()
     profile = radial_profile(amp, kk, edges).double()
     n = int(math.log(defocus_range[1] / defocus_range[0]) / math.log(1.0025)) + 1
-    defoci = torch.logspace(math.log10(defocus_range[0]), math.log10(defocus_range[1]), n, dtype=torch.float64, device=k.device)
+    defoci = torch.logspace(
+        math.log10(defocus_range[0]), math.log10(defocus_range[1]), n, dtype=torch.float64, device=k.device
+    )
     score = search_1d(profile, centres, defoci, optics, ps0)
     starts = [float(defoci[i]) for i in _peaks(score, candidates)]
 
@@ -287,24 +345,32 @@ def fit_ctf(
     sector_profiles = [radial_profile(amp[sector == s], kk[sector == s], edges).double() for s in range(n_sectors)]
     best = None
     for m0 in starts:
-        _, background = search_1d(profile, centres, torch.tensor([m0], dtype=torch.float64), optics, ps0, return_background=True)
         local = m0 * torch.logspace(math.log10(0.6), math.log10(1.4), 135, dtype=torch.float64, device=k.device)
         sector_defocus = []
         for prof in sector_profiles:
             sc = search_1d(prof, centres, local, optics, ps0)
             sector_defocus.append(float(local[int(torch.nan_to_num(sc, nan=-2).argmax())]))
         d = torch.tensor(sector_defocus, dtype=torch.float64)
-        design = torch.stack([torch.ones_like(centres_phi), torch.cos(2 * centres_phi), torch.sin(2 * centres_phi)], dim=1)
+        design = torch.stack(
+            [torch.ones_like(centres_phi), torch.cos(2 * centres_phi), torch.sin(2 * centres_phi)], dim=1
+        )
         coef = torch.linalg.lstsq(design, d[:, None]).solution.flatten()
         start = (float(coef[0]), float(coef[1]), float(coef[2]), ps0)
-        params, sc, explained = _refine(amp, ky, kx, k_min, k_max, start, optics, phase_shift is not None, defocus_range=defocus_range)
+        # a short refinement ranks the candidates; the best is refined fully
+        params, sc, explained = _refine(
+            amp, ky, kx, k_min, k_max, start, optics, phase_shift is not None, iterations=6, defocus_range=defocus_range
+        )
         if best is None or explained > best[2]:
             best = (params, sc, explained)
-    params, sc, _ = best
+    params, sc, _ = _refine(
+        amp, ky, kx, k_min, k_max, best[0], optics, phase_shift is not None, defocus_range=defocus_range
+    )
     fit = _to_fit(params, sc, k_min, k_max, int(annulus.sum()))
     # the background of the final fit, as a radial profile, for the ring signal
     m = fit.defocus
-    _, background = search_1d(profile, centres, torch.tensor([m], dtype=torch.float64), optics, fit.phase_shift, return_background=True)
+    _, background = search_1d(
+        profile, centres, torch.tensor([m], dtype=torch.float64), optics, fit.phase_shift, return_background=True
+    )
     return fit, ring_signal(spectrum, centres, background, k_max)
 
 
@@ -348,5 +414,16 @@ def refine_ctf(
     half = fit.astigmatism / 2
     a = math.radians(2 * fit.angle)
     start = (fit.defocus, half * math.cos(a), half * math.sin(a), fit.phase_shift)
-    params, sc, _ = _refine(amp, ky, kx, k_range[0], k_range[1], start, optics, fit_phase, iterations=iterations, fit_astigmatism=fit_astigmatism)
+    params, sc, _ = _refine(
+        amp,
+        ky,
+        kx,
+        k_range[0],
+        k_range[1],
+        start,
+        optics,
+        fit_phase,
+        iterations=iterations,
+        fit_astigmatism=fit_astigmatism,
+    )
     return _to_fit(params, sc, *k_range, int(annulus.sum()))

@@ -42,14 +42,26 @@ def equiphase_profile(spectrum: Spectrum, signal: torch.Tensor, fit: CtfFit, opt
     phase, ``k·sqrt(Δf(φ)/Δf_mean)``, then averaged in rings of one block width.
     """
     k = spectrum.k
-    defocus_phi = astigmatic_defocus(spectrum.ky, spectrum.kx, torch.tensor(fit.defocus_u), torch.tensor(fit.defocus_v), fit.angle)
+    defocus_phi = astigmatic_defocus(
+        spectrum.ky, spectrum.kx, torch.tensor(fit.defocus_u), torch.tensor(fit.defocus_v), fit.angle
+    )
     k_eq = k * torch.sqrt(defocus_phi / fit.defocus)
     nyquist = 0.5 / spectrum.pixel_size
     edges = torch.arange(fit.k_min, nyquist, spectrum.step / 2, dtype=torch.float32)
     data = radial_profile(signal.float().flatten(), k_eq.float().flatten(), edges).numpy()
     centres = ((edges[:-1] + edges[1:]) / 2).double()
     zero = torch.zeros_like(centres)
-    chi = ctf_phase(zero, centres, fit.defocus, fit.defocus, 0.0, optics.voltage, optics.cs, optics.amplitude_contrast, fit.phase_shift)
+    chi = ctf_phase(
+        zero,
+        centres,
+        fit.defocus,
+        fit.defocus,
+        0.0,
+        optics.voltage,
+        optics.cs,
+        optics.amplitude_contrast,
+        fit.phase_shift,
+    )
     model = (-torch.cos(2 * chi)).numpy()
     kc = centres.numpy()
     cc = np.full(kc.shape, np.nan)
@@ -145,7 +157,9 @@ def ice_ring(spectrum: Spectrum) -> tuple[float, float]:
     return density, crystallinity
 
 
-def thon_anisotropy(spectrum: Spectrum, signal: torch.Tensor, fit: CtfFit, optics: Optics, resolution: float) -> tuple[float, float]:
+def thon_anisotropy(
+    spectrum: Spectrum, signal: torch.Tensor, fit: CtfFit, optics: Optics, resolution: float
+) -> tuple[float, float]:
     """How unevenly the Thon rings fade with direction (drift, vibration), and the weakest direction.
 
     The correlation of the signal with the fitted model is computed in 12 sectors of 15° over
@@ -161,7 +175,17 @@ def thon_anisotropy(spectrum: Spectrum, signal: torch.Tensor, fit: CtfFit, optic
     if sel.sum() < 200:
         return float("nan"), float("nan")
     ky, kx, sig = spectrum.ky[sel], spectrum.kx[sel], signal[sel]
-    chi = ctf_phase(ky, kx, fit.defocus_u, fit.defocus_v, fit.angle, optics.voltage, optics.cs, optics.amplitude_contrast, fit.phase_shift)
+    chi = ctf_phase(
+        ky,
+        kx,
+        fit.defocus_u,
+        fit.defocus_v,
+        fit.angle,
+        optics.voltage,
+        optics.cs,
+        optics.amplitude_contrast,
+        fit.phase_shift,
+    )
     model = -torch.cos(2 * chi)
     phi = torch.rad2deg(torch.atan2(ky, kx)) % 180
     sector = (phi / 15).long().clamp(0, 11)

@@ -35,7 +35,16 @@ def _hist(values, xlabel, title, bins=20):
     return fig
 
 
-def write_report(out: Path, mics, stems, results: list[CtfResult], fitted: pd.DataFrame, failed: pd.DataFrame, optics_table, settings: Settings) -> dict:
+def write_report(
+    out: Path,
+    mics,
+    stems,
+    results: list[CtfResult],
+    fitted: pd.DataFrame,
+    failed: pd.DataFrame,
+    optics_table,
+    settings: Settings,
+) -> dict:
     """Write report.html, figures and summary.json into ``out``; return the summary."""
     n, n_ok = len(results), int(sum(r.ok for r in results))
     report = Report("CTF estimation", step="ctf", intro=INTRO)
@@ -49,7 +58,12 @@ def write_report(out: Path, mics, stems, results: list[CtfResult], fitted: pd.Da
     overview = report.section("Overview", "The numbers a facility checks first.")
     overview.metric("Micrographs", n, "", "Micrographs given to the step.")
     overview.metric("Fitted", n_ok, "", "Micrographs whose Thon rings could be fitted.")
-    overview.metric("No fit possible", n - n_ok, "", "Empty holes, pure noise or damaged images: listed below with the reason; not used downstream.")
+    overview.metric(
+        "No fit possible",
+        n - n_ok,
+        "",
+        "Empty holes, pure noise or damaged images: listed below with the reason; not used downstream.",
+    )
     overview.metric("Median defocus", med(defocus), "µm", METRIC_DOCS["defocus"])
     overview.metric("Median astigmatism", med(astig), "Å", METRIC_DOCS["astigmatism"])
     overview.metric("Median fit resolution", med(resolution), "Å", METRIC_DOCS["fit_resolution"])
@@ -63,8 +77,14 @@ def write_report(out: Path, mics, stems, results: list[CtfResult], fitted: pd.Da
     )
 
     if ok:
-        dist = report.section("Defocus and astigmatism", "How the dataset was collected: the spread of defocus and how well the lens was stigmated.")
-        dist.figure(_hist(defocus, "defocus (µm)", "Defocus"), "Histogram of the mean defocus. A target range set in the acquisition software appears as a plateau.")
+        dist = report.section(
+            "Defocus and astigmatism",
+            "How the dataset was collected: the spread of defocus and how well the lens was stigmated.",
+        )
+        dist.figure(
+            _hist(defocus, "defocus (µm)", "Defocus"),
+            "Histogram of the mean defocus. A target range set in the acquisition software appears as a plateau.",
+        )
         dist.figure(_hist(astig, "astigmatism (Å)", "Astigmatism"), "Histogram of astigmatism (defocus U - V).")
 
         res = report.section("Fit resolution", METRIC_DOCS["fit_resolution"])
@@ -74,18 +94,27 @@ def write_report(out: Path, mics, stems, results: list[CtfResult], fitted: pd.Da
         ax.plot(order, resolution, "o-", ms=3, lw=0.6, color="#1f6f8b")
         ax.set_xlabel("micrograph (acquisition order)")
         ax.set_ylabel("fit resolution (Å)")
-        res.figure(fig, "Fit resolution per micrograph in acquisition order: drifts or jumps point to changes at the microscope (ice, alignment, stage).")
+        res.figure(
+            fig,
+            "Fit resolution per micrograph in acquisition order: drifts or jumps point to changes at the microscope (ice, alignment, stage).",
+        )
         fig, ax = plt.subplots(figsize=(4.2, 3))
         ax.scatter(defocus, resolution, s=10, color="#1f6f8b")
         ax.set_xlabel("defocus (µm)")
         ax.set_ylabel("fit resolution (Å)")
-        res.figure(fig, "Defocus against fit resolution: rings fade faster at high defocus, so a trend upwards to the right is expected; outliers are worth a look.")
+        res.figure(
+            fig,
+            "Defocus against fit resolution: rings fade faster at high defocus, so a trend upwards to the right is expected; outliers are worth a look.",
+        )
 
         ranked = sorted(range(len(results)), key=lambda i: results[i].resolution if results[i].ok else np.inf)
         ranked = [i for i in ranked if results[i].ok]
         best, worst = ranked[:3], ranked[-3:][::-1]
         for title, picks in (("Best fits", best), ("Worst fits", worst)):
-            sec = report.section(title, "Left half of each image: the measured Thon rings (background removed); right half: the fitted CTF. The rings should continue across the centre line. Below: the ring-averaged spectrum against the model, and where the fit stops holding.")
+            sec = report.section(
+                title,
+                "Left half of each image: the measured Thon rings (background removed); right half: the fitted CTF. The rings should continue across the centre line. Below: the ring-averaged spectrum against the model, and where the fit stops holding.",
+            )
             sec.gallery(
                 [half_and_half(results[i]) for i in picks],
                 [f"{stems[i]}: {results[i].fit.defocus / 1e4:.3f} µm, {results[i].resolution:.2f} Å" for i in picks],
@@ -96,8 +125,15 @@ def write_report(out: Path, mics, stems, results: list[CtfResult], fitted: pd.Da
                 sec.figure(profile_figure(results[i], stems[i]), f"{stems[i]}: ring-averaged spectrum and fit")
 
     if len(failed):
-        fail = report.section("No fit possible", "These micrographs had no Thon rings cryoflow could fit; the bad-micrograph step uses their metrics to give the reason (empty hole, thick ice, ...).")
-        fail.table(failed[["rlnMicrographName", "cryoflowCtfFailure"]].rename(columns={"rlnMicrographName": "micrograph", "cryoflowCtfFailure": "reason"}))
+        fail = report.section(
+            "No fit possible",
+            "These micrographs had no Thon rings cryoflow could fit; the bad-micrograph step uses their metrics to give the reason (empty hole, thick ice, ...).",
+        )
+        fail.table(
+            failed[["rlnMicrographName", "cryoflowCtfFailure"]].rename(
+                columns={"rlnMicrographName": "micrograph", "cryoflowCtfFailure": "reason"}
+            )
+        )
 
     metrics = report.section("Quality metrics", "Every number written to micrographs_ctf.star, and what it means.")
     from cryoflow.ctf.run import COLUMNS
@@ -111,7 +147,14 @@ def write_report(out: Path, mics, stems, results: list[CtfResult], fitted: pd.Da
         values = fitted[column].to_numpy(dtype=float) if column in fitted else np.array([])
         metrics.metric(column, med(values[np.isfinite(values)]) if values.size else float("nan"), "median", doc)
     if len(fitted):
-        shown = ["rlnMicrographName", "rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle", "rlnCtfMaxResolution", "rlnCtfFigureOfMerit"]
+        shown = [
+            "rlnMicrographName",
+            "rlnDefocusU",
+            "rlnDefocusV",
+            "rlnDefocusAngle",
+            "rlnCtfMaxResolution",
+            "rlnCtfFigureOfMerit",
+        ]
         metrics.table(fitted[[c for c in shown if c in fitted]], caption="Per-micrograph fits (first 200)")
 
     summary = {
@@ -122,8 +165,13 @@ def write_report(out: Path, mics, stems, results: list[CtfResult], fitted: pd.Da
         "median_astigmatism_A": med(astig),
         "median_fit_resolution_A": med(resolution),
         "median_figure_of_merit": med(fom),
-        "failures": {str(r["rlnMicrographName"]): r["cryoflowCtfFailure"] for _, r in failed.iterrows()} if len(failed) else {},
-        "outputs": {"micrographs_ctf": "micrographs_ctf.star", "failed": "micrographs_ctf_failed.star" if len(failed) else None},
+        "failures": {str(r["rlnMicrographName"]): r["cryoflowCtfFailure"] for _, r in failed.iterrows()}
+        if len(failed)
+        else {},
+        "outputs": {
+            "micrographs_ctf": "micrographs_ctf.star",
+            "failed": "micrographs_ctf_failed.star" if len(failed) else None,
+        },
     }
     report.write(out, summary=summary)
     return summary

@@ -87,7 +87,11 @@ def plan(inputs, pixel_size: float | None, optics: Optics) -> tuple[list[Microgr
         entries.append(Micrograph(path=path, name=name, pixel_size=apix, group=group))
     if star is not None:
         optics_table = star.optics.copy()
-        for column, value in (("rlnVoltage", optics.voltage), ("rlnSphericalAberration", optics.cs), ("rlnAmplitudeContrast", optics.amplitude_contrast)):
+        for column, value in (
+            ("rlnVoltage", optics.voltage),
+            ("rlnSphericalAberration", optics.cs),
+            ("rlnAmplitudeContrast", optics.amplitude_contrast),
+        ):
             if column not in optics_table:
                 optics_table[column] = value
         if pixel_size is not None or "rlnMicrographPixelSize" not in optics_table:
@@ -154,7 +158,12 @@ def run_ctf(
         (tmp / "diagnostics").mkdir()
         for mic, stem in zip(progress(mics, desc="ctf", unit="mic"), stems, strict=True):
             image, _ = read_micrograph(mic.path, pixel_size=mic.pixel_size)
-            result = estimate(torch.as_tensor(np.array(image)).to(device), mic.pixel_size, _optics_for(optics_table, mic.group, optics), settings)
+            result = estimate(
+                torch.as_tensor(np.array(image)).to(device),
+                mic.pixel_size,
+                _optics_for(optics_table, mic.group, optics),
+                settings,
+            )
             results.append(result)
             if result.ok:
                 _save_diagnostic(result, tmp / "diagnostics" / f"{stem}.png")
@@ -219,4 +228,6 @@ def _add_relative_thickness(fitted: pd.DataFrame, failed: pd.DataFrame) -> None:
         if column in table:
             intensity = table[column].to_numpy(dtype=float)
             with np.errstate(divide="ignore", invalid="ignore"):
-                table[COLUMNS["relative_ice_thickness"]] = np.where(intensity > 0, np.log(reference / intensity), np.nan)
+                table[COLUMNS["relative_ice_thickness"]] = np.where(
+                    intensity > 0, np.log(reference / intensity), np.nan
+                )

@@ -97,14 +97,15 @@ def power_spectrum(image: torch.Tensor, pixel_size: float, target: int = 512) ->
         f = torch.fft.rfft2(tile)
         p = (f.real**2 + f.imag**2) / (size * size)
         total = p if total is None else total + p
-    power = torch.fft.fftshift(total / len(windows), dim=-2)
+    power = block_average(torch.fft.fftshift(total / len(windows), dim=-2), b)
+    # block-mean frequencies: the mean of the frequencies each block averages
     fy = torch.fft.fftshift(torch.fft.fftfreq(size, d=pixel_size, device=image.device))
     fx = torch.fft.rfftfreq(size, d=pixel_size, device=image.device)
-    ky = fy[:, None].expand(size, fx.numel())
-    kx = fx[None, :].expand(size, fx.numel())
-    power = block_average(power, b)
-    ky = block_average(ky, b)
-    kx = block_average(kx, b)
+    t = size // b
+    fy = fy[: t * b].reshape(t, b).mean(1)
+    fx = fx[: (t // 2) * b].reshape(t // 2, b).mean(1)
+    ky = fy[:, None].expand(t, t // 2).contiguous()
+    kx = fx[None, :].expand(t, t // 2).contiguous()
     if not batch:
         power = power[0]
     return Spectrum(power=power, ky=ky, kx=kx, pixel_size=pixel_size, step=b / (size * pixel_size))

@@ -25,6 +25,7 @@ from cryoflow.io.atomic import atomic_path
 
 SUPPORTED_MODES = {0: "int8", 1: "int16", 2: "float32", 6: "uint16", 12: "float16"}
 MRC_SUFFIXES = (".mrc", ".mrcs", ".map", ".st")
+LABEL = "written by cryoflow"
 
 
 @dataclass(frozen=True)
@@ -220,4 +221,7 @@ def write_mrc(
                     mrc.set_volume()
             mrc.voxel_size = pixel_size
             mrc.update_header_stats()
+            # mrcfile's label carries the time of writing; a fixed one keeps outputs reproducible
+            mrc.header.label[0] = LABEL.ljust(80).encode("ascii")
+            mrc.header.nlabl = 1
     return path

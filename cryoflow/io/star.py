@@ -25,6 +25,7 @@ from cryoflow.errors import CryoflowError
 from cryoflow.io.atomic import atomic_path
 
 FLOAT_FORMAT = "%.10g"  # enough digits that a float read and written again is unchanged
+HEADER = "# written by cryoflow (RELION 3.1+ conventions)"
 
 OPTICS_COLUMNS = ("rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast")
 PIXEL_SIZE_COLUMNS = {
@@ -108,6 +109,11 @@ def write_blocks(path: str | os.PathLike, blocks: dict[str, pd.DataFrame], overw
     path = Path(path)
     with atomic_path(path, overwrite=overwrite) as tmp:
         starfile.write(blocks, tmp, float_format=FLOAT_FORMAT, na_rep="nan")
+        # starfile's first line carries the time of writing; a fixed one keeps outputs reproducible
+        text = tmp.read_text(encoding="utf-8")
+        if text.startswith("# Created by the starfile"):
+            text = HEADER + text[text.index("\n") :]
+            tmp.write_text(text, encoding="utf-8")
     return path
 
 
