@@ -25,17 +25,18 @@ def wavelength(voltage_kv: float) -> float:
 
 
 def astigmatic_defocus(
-    ky: torch.Tensor, kx: torch.Tensor, defocus_u: torch.Tensor, defocus_v: torch.Tensor, angle_deg: torch.Tensor
+    ky: torch.Tensor, kx: torch.Tensor, defocus_u: torch.Tensor, defocus_v: torch.Tensor, angle_deg
 ) -> torch.Tensor:
     """Defocus (Å) seen along each frequency direction, RELION convention.
 
     ``ky, kx``: frequencies (any shape ``S``); ``defocus_u/v`` (Å) and ``angle_deg`` broadcast
     against them (give them shape ``(P, 1, ...)`` to evaluate ``P`` parameter sets at once).
+    Uses ``k² cos 2(φ - a) = (kx² - ky²) cos 2a + 2 kx ky sin 2a`` (no atan2).
     """
-    phi = torch.atan2(ky, kx)
-    mean = (defocus_u + defocus_v) / 2
-    half = (defocus_u - defocus_v) / 2
-    return mean + half * torch.cos(2 * (phi - torch.deg2rad(torch.as_tensor(angle_deg, dtype=ky.dtype))))
+    a = torch.deg2rad(torch.as_tensor(angle_deg, dtype=ky.dtype, device=ky.device))
+    k2 = (ky * ky + kx * kx).clamp_min(1e-30)
+    cos2 = ((kx * kx - ky * ky) * torch.cos(2 * a) + 2 * kx * ky * torch.sin(2 * a)) / k2
+    return (defocus_u + defocus_v) / 2 + (defocus_u - defocus_v) / 2 * cos2
 
 
 def ctf_phase(

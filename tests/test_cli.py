@@ -66,3 +66,12 @@ def test_info_report_and_index(cli, shared_data, tmp_path):
     assert json.loads((run / "info" / "summary.json").read_text())["micrographs"] == 4
     assert cli("report", run).code == 0
     assert 'href="info/report.html"' in (run / "index.html").read_text()
+
+
+def test_progress_is_quiet_off_a_terminal(capsys, monkeypatch):
+    from cryoflow.progress import progress, show_progress
+
+    monkeypatch.delenv("CRYOFLOW_QUIET", raising=False)
+    assert not show_progress()  # pytest captures stderr: not a terminal
+    assert list(progress(range(5), desc="x")) == [0, 1, 2, 3, 4]
+    assert capsys.readouterr().err == ""

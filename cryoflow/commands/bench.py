@@ -31,7 +31,14 @@ def main(args: argparse.Namespace) -> int:
         module = importlib.import_module(f"cryoflow.{args.step}.bench")
     except ModuleNotFoundError:
         raise CryoflowError(None, f"no benchmark for step {args.step!r} yet") from None
-    figures = module.main(list(args.options))  # prints its own readable table
+    options = list(args.options)
+    if "--json" in options:  # accepted after STEP too
+        i = options.index("--json")
+        if i + 1 >= len(options):
+            raise CryoflowError(None, "--json needs a FILE")
+        args.json = options[i + 1]
+        del options[i : i + 2]
+    figures = module.main(options)  # prints its own readable table
     if args.json:
         from cryoflow.report.builder import write_summary
 

@@ -59,8 +59,9 @@ ICE_REFLECTIONS = {
 # --- electron optics ----------------------------------------------------------------
 def electron_wavelength(voltage_kv: float) -> float:
     """Relativistic electron wavelength in Å for an accelerating voltage in kV."""
-    v = voltage_kv * 1e3
-    return 12.264259 / math.sqrt(v * (1.0 + v / (2.0 * ELECTRON_REST_ENERGY_EV)))
+    from cryoflow.optics import wavelength
+
+    return wavelength(voltage_kv)
 
 
 def interaction_constant(voltage_kv: float) -> float:
@@ -196,12 +197,10 @@ def ctf_sin_cos(
     """``(sin γ, cos γ)`` on the ``rfft2`` grid of an ``(H, W)`` image: the CTF and its quadrature.
 
     ``method="torch_ctf"``: :func:`ctf_transfer` (``torch_ctf.calculate_ctf_2d``).
-    ``method="phase"``: torch-ctf's own phase formula
-    (``torch_ctf.ctf_utils.calculate_total_phase_shift``, same units and constants) fed
-    with the astigmatic defocus of each frequency computed here directly in RELION's
-    convention, ``Δf(φ) = (U+V)/2 + (U-V)/2 cos 2(φ - angle)`` with
-    ``k² cos 2(φ - a) = (kx² - ky²) cos 2a + 2 kx ky sin 2a``: the same values (tested to
-    2e-4, float32 rounding) at less than half the cost, which matters on 4096² frames.
+    ``method="phase"``: :func:`cryoflow.optics.ctf_phase` (torch-ctf's phase formula fed with
+    the astigmatic defocus of each frequency in RELION's convention, shared with the CTF
+    step): the same values (tested to 2e-4, float32 rounding) at less than half the cost,
+    which matters on 4096² frames.
     ``"auto"``: ``phase`` above 1024² pixels, else ``torch_ctf``. Units as
     :func:`ctf_transfer`; two ``(H, W // 2 + 1)`` float32 tensors.
     """
@@ -215,23 +214,10 @@ def ctf_sin_cos(
         return c.imag, c.real
     if method != "phase":
         raise ValueError(f"unknown CTF method {method!r}")
-    from torch_ctf.ctf_utils import calculate_total_phase_shift
+    from cryoflow.optics import ctf_phase
 
     fy, fx = rfft_freqs(shape, device=device)
-    ky, kx = fy / pixel_size, fx / pixel_size
-    k2 = ky * ky + kx * kx
-    a = math.radians(defocus_angle)
-    mean, half = (defocus_u + defocus_v) / 2.0, (defocus_u - defocus_v) / 2.0
-    df_k2 = mean * k2 + half * ((kx * kx - ky * ky) * math.cos(2 * a) + (2 * kx) * ky * math.sin(2 * a))
-    defocus_um = df_k2.div_(k2.clamp_min(1e-30)).mul_(1e-4)
-    chi = calculate_total_phase_shift(
-        defocus_um=defocus_um,
-        voltage_kv=torch.tensor(float(voltage), device=device),
-        spherical_aberration_mm=torch.tensor(float(cs), device=device),
-        phase_shift_degrees=torch.tensor(float(phase_shift), device=device),
-        amplitude_contrast_fraction=torch.tensor(float(amplitude_contrast), device=device),
-        fftfreq_grid_angstrom_squared=k2,
-    )
+    chi = ctf_phase(fy / pixel_size, fx / pixel_size, defocus_u, defocus_v, defocus_angle, voltage, cs, amplitude_contrast, phase_shift)
     return torch.sin(chi).neg_(), torch.cos(chi)
 
 
