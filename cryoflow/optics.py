@@ -69,6 +69,21 @@ def ctf_phase(
     )
 
 
+def ctf_phase_isotropic(
+    k: torch.Tensor, defocus, voltage: float, cs: float, amplitude_contrast: float, phase_shift=0.0
+) -> torch.Tensor:
+    """χ (radians) for an isotropic defocus (Å) at frequencies ``k`` (Å⁻¹); broadcasts ``defocus`` against ``k``."""
+    as_t = lambda v: torch.as_tensor(v, dtype=k.dtype, device=k.device)  # noqa: E731
+    return calculate_total_phase_shift(
+        defocus_um=as_t(defocus) * 1e-4,
+        voltage_kv=as_t(voltage),
+        spherical_aberration_mm=as_t(cs),
+        phase_shift_degrees=as_t(phase_shift),
+        amplitude_contrast_fraction=as_t(amplitude_contrast),
+        fftfreq_grid_angstrom_squared=k * k,
+    )
+
+
 def ctf_values(
     ky, kx, defocus_u, defocus_v, defocus_angle, voltage, cs, amplitude_contrast, phase_shift=0.0, b_factor=0.0
 ):

@@ -26,9 +26,10 @@ from dataclasses import dataclass
 import torch
 
 from cryoflow.ctf.spectrum import Spectrum
-from cryoflow.optics import ctf_phase
+from cryoflow.optics import ctf_phase, ctf_phase_isotropic
 
 SECTOR_DEG = 15.0
+MAX_REFINE_POINTS = 40000  # spectrum blocks used by one refinement
 
 
 @dataclass
@@ -145,18 +146,7 @@ def search_1d(
     k_lo, k_hi = float(kk.min()), float(kk.max())
     bg = _basis(kk, k_lo, k_hi, N_BACKGROUND)
     env = _basis(kk, k_lo, k_hi, N_ENVELOPE)
-    zero = torch.zeros_like(kk)
-    chi = ctf_phase(
-        zero,
-        kk,
-        defoci[:, None],
-        defoci[:, None],
-        0.0,
-        optics.voltage,
-        optics.cs,
-        optics.amplitude_contrast,
-        phase_shift,
-    )
+    chi = ctf_phase_isotropic(kk, defoci[:, None], optics.voltage, optics.cs, optics.amplitude_contrast, phase_shift)
     rings = torch.sin(chi) ** 2  # (D, K)
     design = torch.cat([bg.expand(len(defoci), -1, -1), env[None] * rings[..., None]], dim=-1)  # (D, K, nb+ne)
     gram = design.transpose(1, 2) @ design
@@ -239,6 +229,9 @@ def _refine(
     background-only residual the rings explain (what candidates are ranked by). A defocus
     outside ``defocus_range`` (Å) scores -1.
     """
+    if amp.numel() > MAX_REFINE_POINTS:  # an even subsample: as precise for a 4-parameter fit, much cheaper
+        step = -(-amp.numel() // MAX_REFINE_POINTS)
+        amp, ky, kx = amp[::step], ky[::step], kx[::step]
     m0, ax0, ay0, ps0 = start
     scale = 1e4  # Å per µm: keeps the parameters of order one
     params = torch.tensor([m0 / scale, ax0 / scale, ay0 / scale, ps0 / 90.0], dtype=torch.float64, device=amp.device)
@@ -335,7 +328,9 @@ def fit_ctf(
         math.log10(defocus_range[0]), math.log10(defocus_range[1]), n, dtype=torch.float64, device=k.device
     )
     score = search_1d(profile, centres, defoci, optics, ps0)
-    starts = [float(defoci[i]) for i in _peaks(score, candidates)]
+    peaks = _peaks(score, candidates)
+    # candidates within reach of the best rotational-average score; usually only the best
+    starts = [float(defoci[i]) for i in peaks if score[i] >= 0.5 * score[peaks[0]]]
 
     # 2. sector defoci → astigmatism by least squares; 3. refinement on the 2D annulus
     phi = torch.atan2(ky, kx)
@@ -345,7 +340,7 @@ def fit_ctf(
     sector_profiles = [radial_profile(amp[sector == s], kk[sector == s], edges).double() for s in range(n_sectors)]
     best = None
     for m0 in starts:
-        local = m0 * torch.logspace(math.log10(0.6), math.log10(1.4), 135, dtype=torch.float64, device=k.device)
+        local = m0 * torch.logspace(math.log10(0.6), math.log10(1.4), 81, dtype=torch.float64, device=k.device)
         sector_defocus = []
         for prof in sector_profiles:
             sc = search_1d(prof, centres, local, optics, ps0)
