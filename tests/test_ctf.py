@@ -136,3 +136,13 @@ def test_real_micrograph_binned_and_crop_agree(shared_data):
         fits.append(result.fit.defocus)
     assert abs(fits[0] - fits[1]) / fits[0] < 0.02
     assert 15000 < fits[0] < 35000  # EPU: applied -2.2 µm, autofocus 1.8 µm
+
+
+def test_phase_plate_shift_is_fitted():
+    from cryoflow.ctf import Settings
+
+    sim = simulate(size=768, defocus_u=6000.0, defocus_v=5600.0, angle=60.0, seed=21, phase_shift=70.0)
+    result = estimate(torch.from_numpy(sim.image), APIX, OPTICS, Settings(phase_plate=True))
+    assert result.ok, result.reason
+    assert abs(result.fit.phase_shift - 70.0) < 10
+    assert abs(result.fit.defocus - 5800.0) / 5800.0 < 0.03

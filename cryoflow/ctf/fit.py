@@ -304,7 +304,8 @@ def fit_ctf(
 
     ``defocus_range``: search range in Å; ``k_range``: frequencies (Å⁻¹) used by the search
     (default 1/30 Å to the smaller of 1/4.5 Å and 0.85 Nyquist); ``phase_shift``: ``None``
-    for no phase plate, or a starting value in degrees to refine. The signal ``(T, T//2)``
+    for no phase plate; otherwise the phase shift (degrees) is searched in 10° steps and
+    refined. The signal ``(T, T//2)``
     is the amplitude spectrum minus the background fitted jointly with the rings inside
     ``k_range`` and minus a box-smoothed background outside it.
     """
@@ -328,6 +329,11 @@ def fit_ctf(
         math.log10(defocus_range[0]), math.log10(defocus_range[1]), n, dtype=torch.float64, device=k.device
     )
     score = search_1d(profile, centres, defoci, optics, ps0)
+    if phase_shift is not None:  # phase plate: the phase shift is searched too, in 10° steps (sin²χ repeats every 180°)
+        for trial in range(10, 180, 10):
+            trial_score = search_1d(profile, centres, defoci, optics, float(trial))
+            if trial_score.max() > score.max():
+                score, ps0 = trial_score, float(trial)
     peaks = _peaks(score, candidates)
     # candidates within reach of the best rotational-average score; usually only the best
     starts = [float(defoci[i]) for i in peaks if score[i] >= 0.5 * score[peaks[0]]]
