@@ -8,28 +8,35 @@ from cryoflow.ctf.estimate import CtfResult
 
 
 def half_and_half(result: CtfResult) -> np.ndarray:
-    """A ``(T, T)`` image: left the measured Thon rings, right the fitted CTF² (as CTFFIND shows).
+    """A square image: left the measured Thon rings, right the fitted CTF² (as CTFFIND shows).
 
-    The measured half is the background-subtracted amplitude spectrum, scaled to the
-    fitted model's range ring by ring is not attempted: it is contrast-stretched as a whole,
-    the model (``-cos 2χ``) fills the right half so the rings can be followed across the
-    vertical centre line.
+    Both halves are cropped to the frequencies that matter (up to 1.25 x the fit resolution,
+    at most Nyquist), so the rings are large enough to follow. The measured half is the
+    background-subtracted amplitude spectrum divided by its r.m.s. in each ring, so faint
+    outer rings show as clearly as the strong inner ones; the fitted model (``-cos 2χ``)
+    fills the right half, and the rings should continue across the vertical centre line.
+    The centre, below the fitting range, is grey.
     """
-    signal, model = result.signal, result.model
+    signal, model, k = result.signal, result.model, result.k
     t = signal.shape[0]
-    data = signal.copy()
-    finite = np.isfinite(data)
-    lo, hi = np.percentile(data[finite], [2, 98]) if finite.any() else (0.0, 1.0)
-    data = np.clip((data - lo) / max(hi - lo, 1e-12), 0, 1)
-    fit = (model + 1) / 2
-    # rows run from -ky to +ky; columns of the half plane are kx >= 0
+    k_nyquist = float(np.abs(k[:, -1]).max())
+    k_show = min(k_nyquist, 1.25 / result.resolution) if np.isfinite(result.resolution) else k_nyquist
+    half = max(8, int(round(t / 2 * k_show / k_nyquist)))
+    rows = slice(t // 2 - half, t // 2 + half)
+    cols = slice(0, half)
+    data, fit, kk = signal[rows, cols].astype(np.float64), model[rows, cols], k[rows, cols]
+    # ring-wise normalisation of the measured half
+    bins = np.minimum((kk / k_show * 64).astype(int), 63)
+    rms = np.sqrt(
+        np.bincount(bins.ravel(), weights=(data**2).ravel(), minlength=64)
+        / np.maximum(np.bincount(bins.ravel(), minlength=64), 1)
+    )
+    data = data / np.maximum(rms[bins], 1e-30)
+    data = np.clip((data + 2.5) / 5.0, 0, 1)
+    right = (fit + 1) / 2
     left = data[::-1, ::-1]  # point-mirrored half plane: kx <= 0
-    right = fit
     image = np.concatenate([left, right], axis=1)
-    # blank the very centre, dominated by the background
-    yy, xx = np.mgrid[:t, : image.shape[1]]
-    r = np.hypot(yy - t / 2, xx - image.shape[1] / 2)
-    image[r < 0.03 * t] = 0.5
+    image[np.concatenate([kk[::-1, ::-1], kk], axis=1) < result.fit.k_min] = 0.5
     return image.astype(np.float32)
 
 

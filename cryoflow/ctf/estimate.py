@@ -21,7 +21,7 @@ from cryoflow.ctf.metrics import (
 )
 from cryoflow.ctf.spectrum import power_spectrum
 
-MIN_SIGNIFICANCE = 6.0  # figure of merit x sqrt(points fitted): below, no Thon rings were found
+MIN_SIGNIFICANCE = 8.0  # figure of merit x sqrt(points fitted): below, no Thon rings were found (noise alone gives up to ~4-5 after the search)
 MAX_FIT_RESOLUTION = 20.0  # Å; a fit that holds only below this frequency is not a fit
 TILT_GRID = 3  # regions per side for the defocus-gradient (tilt) estimate
 
@@ -55,6 +55,7 @@ class CtfResult:
     profile: EquiphaseProfile | None = None
     signal: np.ndarray | None = None  # (T, T//2) background-subtracted amplitude, for diagnostics
     model: np.ndarray | None = None  # (T, T//2) fitted -cos 2χ
+    k: np.ndarray | None = None  # (T, T//2) |k| of each spectrum block, Å⁻¹
 
 
 # What each metric means: shown in the report, kept beside the code that computes it.
@@ -150,6 +151,7 @@ def estimate(image: torch.Tensor, pixel_size: float, optics: Optics, settings: S
         profile=profile,
         signal=signal.numpy(),
         model=(-torch.cos(2 * chi)).float().numpy(),
+        k=spectrum.k.numpy(),
     )
 
 
