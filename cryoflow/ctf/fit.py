@@ -158,7 +158,7 @@ def search_1d(
     coef = torch.linalg.solve(gram, rhs)
     residual = ((design @ coef[..., None])[..., 0] - p) ** 2
     rss = residual.sum(-1)
-    bg_coef = torch.linalg.lstsq(bg, p[:, None]).solution
+    bg_coef = torch.linalg.solve(bg.T @ bg, bg.T @ p[:, None])  # normal equations: tiny and well conditioned
     rss0 = ((bg @ bg_coef)[:, 0] - p).pow(2).sum()
     envelope = (env[None] * 1.0) @ coef[:, N_BACKGROUND:, None]
     positive = envelope[..., 0].mean(-1) > 0
@@ -355,7 +355,7 @@ def fit_ctf(
         design = torch.stack(
             [torch.ones_like(centres_phi), torch.cos(2 * centres_phi), torch.sin(2 * centres_phi)], dim=1
         )
-        coef = torch.linalg.lstsq(design, d[:, None]).solution.flatten()
+        coef = torch.linalg.solve(design.T @ design, design.T @ d[:, None]).flatten()
         start = (float(coef[0]), float(coef[1]), float(coef[2]), ps0)
         # a short refinement ranks the candidates; the best is refined fully
         params, sc, explained = _refine(
