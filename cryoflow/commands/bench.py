@@ -17,7 +17,7 @@ import importlib
 
 from cryoflow.errors import CryoflowError
 
-STEPS = ["simulate", "ctf"]
+STEPS = ["simulate", "ctf", "micassess"]
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:

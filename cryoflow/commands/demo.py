@@ -29,6 +29,10 @@ def steps(run: Path, args: argparse.Namespace) -> list[tuple[str, list[str]]]:
         ("simulate", ["simulate", "--preset", args.preset, "--seed", str(args.seed), "--out", str(data)]),
         ("info", ["info", str(data), "--out", str(run / "info")]),
         ("ctf", ["ctf", str(data / "micrographs.star"), "--out", str(run / "ctf")]),
+        (
+            "micassess",
+            ["micassess", "--micrographs", str(run / "ctf" / "micrographs_ctf.star"), "--out", str(run / "micassess")],
+        ),
     ]
 
 

@@ -217,7 +217,17 @@ def ctf_sin_cos(
     from cryoflow.optics import ctf_phase
 
     fy, fx = rfft_freqs(shape, device=device)
-    chi = ctf_phase(fy / pixel_size, fx / pixel_size, defocus_u, defocus_v, defocus_angle, voltage, cs, amplitude_contrast, phase_shift)
+    chi = ctf_phase(
+        fy / pixel_size,
+        fx / pixel_size,
+        defocus_u,
+        defocus_v,
+        defocus_angle,
+        voltage,
+        cs,
+        amplitude_contrast,
+        phase_shift,
+    )
     return torch.sin(chi).neg_(), torch.cos(chi)
 
 

@@ -1,0 +1,372 @@
+"""What the micassess models see: CTF-step metrics, cheap image statistics, CNN inputs.
+
+Three inputs per micrograph, all computed by the same code for training and prediction:
+
+- :func:`tabular_features`: a vector of :data:`FEATURES` from one row of
+  ``micrographs_ctf.star`` / ``micrographs_ctf_failed.star`` (the CTF step's quality
+  metrics, unit-free transforms, missing values imputed with a flag) plus
+  :func:`image_statistics` of the image (unit-free: contrast relative to the mean, so the
+  detector's count scale does not matter).
+- :func:`cnn_image`: the micrograph at :data:`CNN_PIXEL_SIZE` Å/px (Fourier cropping),
+  as tiles of :data:`TILE` px (2 channels: contrast ``I/mean - 1`` scaled, and the
+  robustly standardized image; plus a mask of real pixels). Non-square frames give
+  tiles over the whole frame, never a distorted resize.
+- :func:`radial_spectrum`: the log power spectrum averaged in rings on a fixed frequency
+  grid (:data:`SPECTRUM_K`, 1/Å) so one network reads any pixel size; bins beyond
+  Nyquist are masked.
+
+Statistics that depend on the detector or on the simulator's image formation more than on
+the specimen (absolute noise level, the skew of the image, the 3.7 Å band of the raw
+spectrum, the pixel size itself) are computed for the report but not used by the model:
+they made real micrographs look unlike any simulated good one.
+
+Reasons: the models predict the simulator's fine reasons (:data:`FINE`), reported in the
+groups of MicAssess (:data:`GROUP`): ``contamination`` holds aggregation, crack, drift and
+crowding; ``poor_ctf`` holds extreme astigmatism.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+FINE = (
+    "good",
+    "empty",
+    "no_particles",
+    "thick_ice",
+    "crystalline_ice",
+    "contamination",
+    "carbon",
+    "crack",
+    "drift",
+    "aggregation",
+    "crowding",
+    "astigmatism",
+)
+REASONS = ("good", "contamination", "empty", "no_particles", "crystalline_ice", "thick_ice", "carbon", "poor_ctf")
+GROUP = {
+    "good": "good",
+    "empty": "empty",
+    "no_particles": "no_particles",
+    "thick_ice": "thick_ice",
+    "crystalline_ice": "crystalline_ice",
+    "contamination": "contamination",
+    "carbon": "carbon",
+    "crack": "contamination",
+    "drift": "contamination",
+    "aggregation": "contamination",
+    "crowding": "contamination",
+    "astigmatism": "poor_ctf",
+    "poor_ctf": "poor_ctf",
+}
+REASON_DOCS = {
+    "good": "usable: vitreous ice with particles and Thon rings",
+    "contamination": "ethane/ice contamination, aggregates, crowding, cracks or drift (MicAssess's contamination/aggregate class)",
+    "empty": "no ice in the hole (vacuum): no Thon rings, only shot noise",
+    "no_particles": "vitreous ice without particles",
+    "crystalline_ice": "crystalline (hexagonal/cubic) ice: strong 3.7/3.9 Å reflections, grain contrast",
+    "thick_ice": "ice too thick: low counts, Thon rings fading early",
+    "carbon": "the carbon support film in the field",
+    "poor_ctf": "a CTF too poor to use (extreme astigmatism)",
+}
+
+CNN_PIXEL_SIZE = 4.0  # Å/px of the CNN's input
+TILE = 192  # px of one CNN tile at CNN_PIXEL_SIZE (768 Å)
+MAX_TILES = 3  # per axis, at prediction
+SPECTRUM_K = np.linspace(1 / 200, 1 / 3.5, 96)  # 1/Å, ring centres of the radial spectrum
+
+FEATURES = (
+    "ctf_fitted",
+    "figure_of_merit",
+    "log_fit_resolution",
+    "fit_resolution_nyquist",
+    "ice_ring",
+    "ice_ring_missing",
+    "ice_crystallinity",
+    "log_envelope_b",
+    "thon_anisotropy",
+    "astigmatism_kA",
+    "astigmatism_relative",
+    "defocus_um",
+    "dark_fraction",
+    "bright_fraction",
+    "relative_ice_thickness",
+    "contrast_lowpass",
+    "contrast_tiles",
+    "log_particle_band",
+)
+FEATURE_DOCS = {
+    "ctf_fitted": "1 if the CTF step fitted Thon rings, 0 if it could not",
+    "figure_of_merit": "rlnCtfFigureOfMerit",
+    "log_fit_resolution": "ln of rlnCtfMaxResolution (Å); 30 Å when no fit",
+    "fit_resolution_nyquist": "fit resolution over the Nyquist resolution (1 = rings to Nyquist)",
+    "ice_ring": "rlnCtfIceRingDensity (crystalline ice), 0 when unmeasurable",
+    "ice_ring_missing": "1 when the pixel size is too large to see 3.7 Å",
+    "ice_crystallinity": "cryoflowIceCrystallinity: spots in the 3.7 Å band",
+    "log_envelope_b": "ln of cryoflowEnvelopeB (Å²): Thon-ring fading (thick ice, drift)",
+    "thon_anisotropy": "cryoflowThonAnisotropy: rings missing along one direction (drift)",
+    "astigmatism_kA": "|DefocusU - DefocusV| in 1000 Å",
+    "astigmatism_relative": "astigmatism over the mean defocus",
+    "defocus_um": "mean defocus (µm)",
+    "dark_fraction": "cryoflowDarkFraction: area much darker than typical ice",
+    "bright_fraction": "cryoflowBrightFraction: area brighter than typical ice (cracks, holes)",
+    "relative_ice_thickness": "cryoflowRelativeIceThickness: ln(typical intensity / this one)",
+    "contrast_lowpass": "std/mean of the image low-passed to 60 Å: large-scale contrast (blobs, carbon, grains)",
+    "contrast_tiles": "spread of the means of 8x8 tiles over their median",
+    "log_particle_band": "ln of the power at 30-150 Å over the power at 8-12 Å: particle signal",
+}
+# features measured only when the CTF was fitted: their standardized values are set to 0
+# (no evidence either way) for micrographs without a fit, whose evidence is ctf_fitted
+FITTED_ONLY = (
+    "log_fit_resolution",
+    "fit_resolution_nyquist",
+    "log_envelope_b",
+    "thon_anisotropy",
+    "astigmatism_kA",
+    "astigmatism_relative",
+    "defocus_um",
+)
+_STAR = {
+    "figure_of_merit": "rlnCtfFigureOfMerit",
+    "fit_resolution": "rlnCtfMaxResolution",
+    "ice_ring": "rlnCtfIceRingDensity",
+    "ice_crystallinity": "cryoflowIceCrystallinity",
+    "envelope_b": "cryoflowEnvelopeB",
+    "thon_anisotropy": "cryoflowThonAnisotropy",
+    "dark_fraction": "cryoflowDarkFraction",
+    "bright_fraction": "cryoflowBrightFraction",
+    "relative_ice_thickness": "cryoflowRelativeIceThickness",
+}
+REQUIRED_COLUMNS = ("rlnMicrographName",)
+
+
+def _num(row: dict, column: str) -> float:
+    try:
+        value = float(row.get(column, math.nan))
+    except (TypeError, ValueError):
+        return math.nan
+    return value
+
+
+def _ok(value: float) -> bool:
+    return math.isfinite(value)
+
+
+def tabular_ctf(row: dict, pixel_size: float, fitted: bool) -> dict[str, float]:
+    """The CTF-metric part of :data:`FEATURES` from one STAR row (column name -> value)."""
+    g = {k: _num(row, c) for k, c in _STAR.items()}
+    res = g["fit_resolution"] if fitted and _ok(g["fit_resolution"]) else 30.0
+    du, dv = _num(row, "rlnDefocusU"), _num(row, "rlnDefocusV")
+    astig = abs(du - dv) if fitted and _ok(du) and _ok(dv) else 0.0
+    defocus = (du + dv) / 2 if fitted and _ok(du) and _ok(dv) else 0.0
+    b = g["envelope_b"] if fitted and _ok(g["envelope_b"]) else 2000.0
+    out = {
+        "ctf_fitted": 1.0 if fitted else 0.0,
+        "figure_of_merit": g["figure_of_merit"] if _ok(g["figure_of_merit"]) else 0.0,
+        "log_fit_resolution": math.log(max(res, 1.0)),
+        "fit_resolution_nyquist": min(res / (2 * pixel_size), 10.0),
+        "ice_ring": float(np.clip(g["ice_ring"], -1, 5)) if _ok(g["ice_ring"]) else 0.0,
+        "ice_ring_missing": 0.0 if _ok(g["ice_ring"]) else 1.0,
+        "ice_crystallinity": float(np.clip(g["ice_crystallinity"], 0, 5)) if _ok(g["ice_crystallinity"]) else 0.1,
+        "log_envelope_b": math.log(float(np.clip(b, 10.0, 5000.0))),
+        "thon_anisotropy": g["thon_anisotropy"] if fitted and _ok(g["thon_anisotropy"]) else 0.5,
+        "astigmatism_kA": min(astig / 1000.0, 10.0),
+        "astigmatism_relative": min(astig / defocus, 2.0) if defocus > 0 else 0.0,
+        "defocus_um": defocus / 1e4,
+        "dark_fraction": g["dark_fraction"] if _ok(g["dark_fraction"]) else 0.0,
+        "bright_fraction": g["bright_fraction"] if _ok(g["bright_fraction"]) else 0.0,
+        "relative_ice_thickness": float(np.clip(g["relative_ice_thickness"], -1, 3))
+        if _ok(g["relative_ice_thickness"])
+        else 0.0,
+        "pixel_size": float(pixel_size),
+    }
+    return out
+
+
+def _bin_to(image: torch.Tensor, pixel_size: float, target: float) -> torch.Tensor:
+    """``image`` (H, W) resampled to ``target`` Å/px by Fourier cropping (no aliasing)."""
+    if pixel_size >= target * 0.999:
+        if pixel_size <= target * 1.001:
+            return image
+        scale = pixel_size / target
+        size = (max(8, round(image.shape[0] * scale)), max(8, round(image.shape[1] * scale)))
+        return F.interpolate(image[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
+    h, w = image.shape
+    nh, nw = max(8, round(h * pixel_size / target)), max(8, round(w * pixel_size / target))
+    nh, nw = nh - nh % 2, nw - nw % 2
+    f = torch.fft.rfft2(image)
+    top = f[: nh // 2]
+    bottom = f[h - nh // 2 :]
+    cropped = torch.cat([top, bottom], 0)[:, : nw // 2 + 1]
+    return torch.fft.irfft2(cropped, s=(nh, nw)) * (nh * nw) / (h * w)
+
+
+def prepare(image, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The micrograph as a float32 tensor ``(H, W)`` on ``device``."""
+    return torch.tensor(np.asarray(image), dtype=torch.float32, device=device)
+
+
+def _mean(img: torch.Tensor) -> float:
+    mean = float(img.mean())
+    return mean if mean > 0 else float(img.abs().mean()) + 1e-6
+
+
+def downsample(image: torch.Tensor, pixel_size: float, target: float = CNN_PIXEL_SIZE) -> torch.Tensor:
+    """``image`` at ``target`` Å/px: first binned by whole pixels (cheap on 4096² frames),
+    then Fourier-cropped to the exact pixel size."""
+    factor = int(target / pixel_size / 1.5)
+    if factor >= 2:
+        h, w = image.shape
+        h, w = h - h % (2 * factor), w - w % (2 * factor)
+        image = image[:h, :w].reshape(h // factor, factor, w // factor, factor).mean((1, 3))
+        pixel_size = pixel_size * factor
+    return _bin_to(image, pixel_size, target)
+
+
+def image_statistics(
+    small: torch.Tensor, mean: float, welch: tuple[torch.Tensor, torch.Tensor], pixel_size: float
+) -> dict[str, float]:
+    """Cheap unit-free statistics (see :data:`FEATURE_DOCS`) from the micrograph at
+    :data:`CNN_PIXEL_SIZE` (``small``, original units), its mean over the full frame and
+    its Welch spectrum (:func:`welch_spectrum`)."""
+    rel = small / mean - 1.0
+    sigma = 15.0 / CNN_PIXEL_SIZE  # low-pass to ~60 Å
+    low = _gauss(rel, sigma)
+    m = max(2, int(3 * sigma))
+    core = low[m:-m, m:-m] if min(low.shape) > 4 * m else low
+    contrast = float(core.std())
+    centred = core - core.mean()
+    skew = float((centred**3).mean() / (centred.std() ** 3 + 1e-12))
+    h, w = rel.shape
+    th, tw = max(1, h // 8), max(1, w // 8)
+    tiles = rel[: th * 8, : tw * 8].reshape(8, th, 8, tw).mean((1, 3)).flatten()
+    tile_spread = float(torch.quantile(tiles, 0.95) - torch.quantile(tiles, 0.05))
+    band = _band_powers(*welch, pixel_size)
+    return {
+        "contrast_lowpass": min(contrast, 2.0),
+        "contrast_tiles": min(tile_spread, 2.0),
+        "log_particle_band": band[0],
+        "log_ice_band": band[1],
+        "skew_lowpass": float(np.clip(skew, -10, 10)),
+    }
+
+
+def _gauss(image: torch.Tensor, sigma: float) -> torch.Tensor:
+    h, w = image.shape
+    fy = torch.fft.fftfreq(h, device=image.device)[:, None]
+    fx = torch.fft.rfftfreq(w, device=image.device)[None, :]
+    g = torch.exp(-2 * (math.pi * sigma) ** 2 * (fy**2 + fx**2))
+    return torch.fft.irfft2(torch.fft.rfft2(image) * g, s=(h, w))
+
+
+def welch_spectrum(image: torch.Tensor, pixel_size: float, mean: float, box: int = 256, max_tiles: int = 5):
+    """Mean periodogram ``(box, box//2+1)`` of the contrast ``I/mean - 1`` over up to
+    ``max_tiles``² ``box`` tiles spread over ``image`` (full resolution), and |k| (1/Å)."""
+    h, w = image.shape
+    box = min(box, h, w)
+    ys = np.unique(np.linspace(0, h - box, min(max_tiles, max(1, 2 * h // box - 1))).round().astype(int))
+    xs = np.unique(np.linspace(0, w - box, min(max_tiles, max(1, 2 * w // box - 1))).round().astype(int))
+    tiles = torch.stack([image[y : y + box, x : x + box] for y in ys for x in xs]) / mean
+    tiles = tiles - tiles.mean((1, 2), keepdim=True)
+    power = torch.fft.rfft2(tiles).abs().pow(2).mean(0) / box**2
+    ky = torch.fft.fftfreq(box, device=image.device)[:, None] / pixel_size
+    kx = torch.fft.rfftfreq(box, device=image.device)[None, :] / pixel_size
+    return power, torch.sqrt(ky**2 + kx**2)
+
+
+def _band(power: torch.Tensor, k: torch.Tensor, lo_A: float, hi_A: float) -> float:
+    sel = (k >= 1 / lo_A) & (k <= 1 / hi_A)
+    return float(power[sel].mean()) if bool(sel.any()) else math.nan
+
+
+def _band_powers(power: torch.Tensor, k: torch.Tensor, pixel_size: float) -> tuple[float, float]:
+    particle = _band(power, k, 150.0, 30.0)
+    noise = _band(power, k, 12.0, max(8.0, 2.2 * pixel_size))
+    ice = _band(power, k, 4.2, 3.5)
+    ice_ref = _band(power, k, 6.0, 4.5)
+    lp = math.log(particle / noise) if particle > 0 and noise > 0 else 0.0
+    li = math.log(ice / ice_ref) if ice > 0 and ice_ref > 0 and 2 * pixel_size < 3.5 else 0.0
+    return float(np.clip(lp, -5, 10)), float(np.clip(li, -3, 3))
+
+
+def radial_spectrum(power: torch.Tensor, k: torch.Tensor, pixel_size: float) -> np.ndarray:
+    """``(2, len(SPECTRUM_K))`` float32 from a Welch spectrum: the standardized log
+    ring-averaged power, and the mask of bins below Nyquist (1) or beyond (0, value 0)."""
+    k_t = torch.as_tensor(SPECTRUM_K, dtype=torch.float32, device=power.device)
+    width = float(SPECTRUM_K[1] - SPECTRUM_K[0])
+    idx = torch.round((k - k_t[0]) / width).long()
+    valid = (idx >= 0) & (idx < len(SPECTRUM_K))
+    sums = torch.zeros(len(SPECTRUM_K), device=power.device).index_add_(0, idx[valid], power[valid].float())
+    counts = torch.zeros(len(SPECTRUM_K), device=power.device).index_add_(0, idx[valid], torch.ones_like(power[valid]))
+    prof = (sums / counts.clamp_min(1)).cpu().numpy()
+    mask = (counts.cpu().numpy() > 0) & (SPECTRUM_K < 0.95 * 0.5 / pixel_size)
+    out = np.zeros((2, len(SPECTRUM_K)), dtype=np.float32)
+    if mask.sum() >= 4:
+        logp = np.log(np.maximum(prof[mask], 1e-20))
+        out[0, mask] = (logp - logp.mean()) / (logp.std() + 1e-6)
+        out[1, mask] = 1.0
+    return out
+
+
+def cnn_image(small: torch.Tensor, mean: float) -> np.ndarray:
+    """The micrograph at :data:`CNN_PIXEL_SIZE` Å/px as float16 ``(2, h, w)``: channel 0 the
+    contrast ``I/mean - 1`` (x5, clipped to ±5), channel 1 the image standardized by its
+    robust spread (clipped to ±5)."""
+    rel = small / mean - 1.0
+    med = rel.median()
+    mad = (rel - med).abs().median() * 1.4826 + 1e-6
+    ch0 = (rel * 5).clamp(-5, 5)
+    ch1 = ((rel - med) / mad).clamp(-5, 5)
+    return torch.stack([ch0, ch1]).cpu().numpy().astype(np.float16)
+
+
+def tiles(small: np.ndarray, max_tiles: int = MAX_TILES) -> np.ndarray:
+    """Tiles ``(n, 3, TILE, TILE)`` float32 covering a ``(2, h, w)`` CNN image: channels 0-1
+    the image (zero-padded when smaller than a tile), channel 2 the mask of real pixels."""
+    _, h, w = small.shape
+
+    def starts(n: int) -> list[int]:
+        if n <= TILE:
+            return [0]
+        count = min(max_tiles, math.ceil(n / TILE))
+        return [round(s) for s in np.linspace(0, n - TILE, count)]
+
+    out = []
+    for y in starts(h):
+        for x in starts(w):
+            out.append(pad_tile(small[:, y : y + TILE, x : x + TILE]))
+    return np.stack(out)
+
+
+def pad_tile(part: np.ndarray) -> np.ndarray:
+    """A ``(2, h<=TILE, w<=TILE)`` crop as ``(3, TILE, TILE)`` float32 with its mask channel."""
+    _, h, w = part.shape
+    out = np.zeros((3, TILE, TILE), dtype=np.float32)
+    oy, ox = (TILE - h) // 2, (TILE - w) // 2
+    out[:2, oy : oy + h, ox : ox + w] = part
+    out[2, oy : oy + h, ox : ox + w] = 1.0
+    return out
+
+
+def inputs_from_image(image, pixel_size: float, device: torch.device | str = "cpu") -> dict:
+    """Everything image-derived for one micrograph ``(H, W)`` (any units with a positive
+    mean): ``stats`` (dict), ``cnn`` (2, h, w) and ``spectrum`` (2, K)."""
+    img = prepare(image, device)
+    mean = _mean(img)
+    welch = welch_spectrum(img, pixel_size, mean)
+    small = downsample(img, pixel_size)
+    return {
+        "stats": image_statistics(small, mean, welch, pixel_size),
+        "cnn": cnn_image(small, mean),
+        "spectrum": radial_spectrum(*welch, pixel_size),
+    }
+
+
+def feature_vector(ctf: dict[str, float], stats: dict[str, float]) -> np.ndarray:
+    """The :data:`FEATURES` vector (float64) from the CTF part and the image statistics."""
+    both = {**ctf, **stats}
+    return np.array([float(both[name]) for name in FEATURES], dtype=np.float64)

@@ -1,0 +1,220 @@
+"""The micassess model: a logistic model on features, a small CNN, and their calibrated combination.
+
+- Linear part: multinomial logistic regression (scikit-learn at training time) on the
+  standardized :data:`~cryoflow.micassess.features.FEATURES`. Stored as plain tensors
+  (mean, scale, coefficients, intercepts), so prediction needs no pickled object and the
+  contribution of every feature to every decision is exact: ``coef[c, f] * z_f``.
+- CNN (:class:`MicCNN`): tiles of the micrograph at 4 Å/px (2 channels + mask) and the
+  radial power spectrum on a fixed 1/Å grid; per micrograph the tiles' log-probabilities
+  are averaged.
+- Combination: ``softmax(a · log p_linear + b · log p_cnn + bias)``, with ``a``, ``b`` and
+  the class biases fitted on held-out sessions by minimizing the log-loss (stacking and
+  temperature scaling in one), so P(good) is calibrated.
+
+A model file is a dict of tensors, strings and numbers saved with ``torch.save`` and read
+with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from cryoflow.errors import CryoflowError
+from cryoflow.micassess.features import FEATURES, FINE, FITTED_ONLY, GROUP, REASONS, SPECTRUM_K, TILE
+
+FORMAT = "cryoflow-micassess-1"
+
+
+class MicCNN(nn.Module):
+    """Image tiles ``(N, 3, TILE, TILE)`` + spectra ``(N, 2, K)`` -> logits ``(N, C)``."""
+
+    def __init__(self, n_classes: int = len(FINE), width: int = 16):
+        super().__init__()
+        w = width
+
+        def block(cin, cout, k=3):
+            return nn.Sequential(
+                nn.Conv2d(cin, cout, k, stride=2, padding=k // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU()
+            )
+
+        self.image = nn.Sequential(block(3, w, 5), block(w, 2 * w), block(2 * w, 4 * w), block(4 * w, 4 * w))
+        self.spectrum = nn.Sequential(
+            nn.Conv1d(2, w, 5, padding=2),
+            nn.ReLU(),
+            nn.MaxPool1d(2),
+            nn.Conv1d(w, 2 * w, 5, padding=2),
+            nn.ReLU(),
+            nn.MaxPool1d(2),
+            nn.Flatten(),
+            nn.Linear(2 * w * (len(SPECTRUM_K) // 4), 4 * w),
+            nn.ReLU(),
+        )
+        self.head = nn.Sequential(nn.Linear(12 * w, 64), nn.ReLU(), nn.Dropout(0.2), nn.Linear(64, n_classes))
+
+    def forward(self, tiles: torch.Tensor, spectra: torch.Tensor) -> torch.Tensor:
+        f = self.image(tiles)
+        mask = nn.functional.adaptive_max_pool2d(tiles[:, 2:3], f.shape[-2:])
+        pooled_mean = (f * mask).sum((2, 3)) / mask.sum((2, 3)).clamp_min(1.0)
+        pooled_max = (f * mask - 1e4 * (1 - mask)).amax((2, 3))
+        return self.head(torch.cat([pooled_mean, pooled_max, self.spectrum(spectra)], 1))
+
+
+def standardize(x: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """``(x - mean) / scale`` clipped to ±4 (no single out-of-range feature decides); features measured only with a CTF fit are 0 (no
+    evidence) for micrographs without one (see :data:`~cryoflow.micassess.features.FITTED_ONLY`)."""
+    z = np.clip((x - mean) / scale, -4, 4)
+    unfitted = x[:, FEATURES.index("ctf_fitted")] < 0.5
+    if unfitted.any():
+        cols = [FEATURES.index(n) for n in FITTED_ONLY]
+        z[np.ix_(unfitted, cols)] = 0.0
+    return z
+
+
+@dataclass
+class Linear:
+    """Standardization + multinomial logistic regression (classes along axis 0 of ``coef``)."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+    coef: np.ndarray  # (C, F)
+    intercept: np.ndarray  # (C,)
+
+    def z(self, x: np.ndarray) -> np.ndarray:
+        return standardize(x, self.mean, self.scale)
+
+    def log_proba(self, x: np.ndarray) -> np.ndarray:
+        logits = self.z(x) @ self.coef.T + self.intercept
+        return logits - np.logaddexp.reduce(logits, axis=1, keepdims=True)
+
+
+@dataclass
+class MicAssessModel:
+    """Everything needed to predict; see the module docstring."""
+
+    classes: list[str]
+    linear: Linear
+    cnn: MicCNN
+    stack_a: float = 1.0
+    stack_b: float = 1.0
+    stack_bias: np.ndarray = field(default_factory=lambda: np.zeros(len(FINE)))
+    threshold: float = 0.5
+    train_features: np.ndarray | None = None  # (N, F) the linear part's training set, for fine-tuning
+    train_labels: list[str] = field(default_factory=list)
+    meta: dict = field(default_factory=dict)
+
+    # --- prediction -----------------------------------------------------------------------
+    def cnn_log_proba(self, tiles: list[np.ndarray], spectra: np.ndarray, device="cpu", batch: int = 64) -> np.ndarray:
+        """Per micrograph: mean over its tiles of the CNN's log-probabilities ``(N, C)``.
+
+        ``tiles``: one ``(n_i, 3, TILE, TILE)`` array per micrograph; ``spectra``: ``(N, 2, K)``.
+        """
+        self.cnn.eval().to(device)
+        counts = [len(t) for t in tiles]
+        flat = np.concatenate(tiles) if tiles else np.zeros((0, 3, TILE, TILE), np.float32)
+        owner = np.repeat(np.arange(len(tiles)), counts)
+        out = []
+        with torch.no_grad():
+            for s in range(0, len(flat), batch):
+                x = torch.from_numpy(flat[s : s + batch]).to(device)
+                sp = torch.from_numpy(spectra[owner[s : s + batch]]).float().to(device)
+                out.append(torch.log_softmax(self.cnn(x, sp), 1).cpu().numpy())
+        logp = np.concatenate(out) if out else np.zeros((0, len(self.classes)))
+        result = np.zeros((len(tiles), len(self.classes)))
+        np.add.at(result, owner, logp)
+        return result / np.maximum(np.array(counts), 1)[:, None]
+
+    def combine(self, lin: np.ndarray, cnn: np.ndarray) -> np.ndarray:
+        """Calibrated fine-class probabilities ``(N, C)`` from the two parts' log-probabilities."""
+        logits = self.stack_a * lin + self.stack_b * cnn + self.stack_bias
+        logits = logits - logits.max(1, keepdims=True)
+        p = np.exp(logits)
+        return p / p.sum(1, keepdims=True)
+
+    def contributions(self, x: np.ndarray, lin: np.ndarray, cnn: np.ndarray, target: np.ndarray) -> np.ndarray:
+        """Per micrograph and feature (+ a last column for the CNN): how much each pushes the
+        log-odds of class ``target[i]`` over ``good`` ``(N, F + 1)`` (positive: towards target)."""
+        g = self.classes.index("good")
+        z = self.linear.z(x)
+        diff = self.linear.coef[target] - self.linear.coef[g]  # (N, F)
+        feat = self.stack_a * z * diff
+        cnn_part = self.stack_b * (cnn[np.arange(len(target)), target] - cnn[:, g])
+        return np.concatenate([feat, cnn_part[:, None]], 1)
+
+    def group_proba(self, p: np.ndarray) -> np.ndarray:
+        """Reason-group probabilities ``(N, len(REASONS))`` (fine classes summed per group)."""
+        out = np.zeros((len(p), len(REASONS)))
+        for i, c in enumerate(self.classes):
+            out[:, REASONS.index(GROUP[c])] += p[:, i]
+        return out
+
+    # --- files ----------------------------------------------------------------------------
+    def state(self) -> dict:
+        t = lambda a: torch.as_tensor(np.asarray(a, dtype=np.float32))  # noqa: E731
+        return {
+            "format": FORMAT,
+            "classes": list(self.classes),
+            "features": list(FEATURES),
+            "linear": {
+                "mean": t(self.linear.mean),
+                "scale": t(self.linear.scale),
+                "coef": t(self.linear.coef),
+                "intercept": t(self.linear.intercept),
+            },
+            "cnn": {k: v.detach().cpu() for k, v in self.cnn.state_dict().items()},
+            "stack": {"a": float(self.stack_a), "b": float(self.stack_b), "bias": t(self.stack_bias)},
+            "threshold": float(self.threshold),
+            "train_features": t(
+                self.train_features if self.train_features is not None else np.zeros((0, len(FEATURES)))
+            ),
+            "train_labels": list(self.train_labels),
+            "meta": self.meta,
+        }
+
+    def save(self, path: str | os.PathLike) -> Path:
+        from cryoflow.io import atomic_path
+
+        path = Path(path)
+        with atomic_path(path) as tmp:
+            torch.save(self.state(), tmp)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike | None = None) -> MicAssessModel:
+        """Load a model file (default: the shipped ``cryoflow/models/micassess.pt``)."""
+        if path is None:
+            from cryoflow.models import model_path
+
+            path = model_path("micassess.pt")
+        path = Path(path)
+        if not path.is_file():
+            raise CryoflowError(path, "model file not found")
+        try:
+            s = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise CryoflowError(path, f"not a readable model file ({type(exc).__name__})") from None
+        if not isinstance(s, dict) or s.get("format") != FORMAT:
+            raise CryoflowError(path, f"not a micassess model (expected format {FORMAT})")
+        if list(s["features"]) != list(FEATURES):
+            raise CryoflowError(path, "model was trained on another feature set; retrain it with this cryoflow version")
+        a = lambda k: s["linear"][k].double().numpy()  # noqa: E731
+        cnn = MicCNN(len(s["classes"]))
+        cnn.load_state_dict(s["cnn"])
+        cnn.eval()
+        return cls(
+            classes=list(s["classes"]),
+            linear=Linear(a("mean"), a("scale"), a("coef"), a("intercept")),
+            cnn=cnn,
+            stack_a=float(s["stack"]["a"]),
+            stack_b=float(s["stack"]["b"]),
+            stack_bias=s["stack"]["bias"].double().numpy(),
+            threshold=float(s["threshold"]),
+            train_features=s["train_features"].double().numpy(),
+            train_labels=list(s["train_labels"]),
+            meta=dict(s.get("meta") or {}),
+        )

@@ -1,0 +1,276 @@
+"""Assess every micrograph of a CTF-step output and write the step's outputs.
+
+Inputs: ``micrographs_ctf.star`` (fitted) and, when present beside it,
+``micrographs_ctf_failed.star`` (no CTF fit: those get a probability and a reason too).
+Images are read from ``rlnMicrographName`` (resolved as RELION does, see
+:func:`cryoflow.io.resolve_star_path`; ``images`` is a further folder to look in).
+
+Outputs in ``out`` (built in a temporary folder beside it and renamed when complete):
+
+- ``micrographs_good.star`` / ``micrographs_rejected.star``: RELION 3.1 ``data_optics`` +
+  ``data_micrographs`` with every input column, plus ``cryoflowMicassessPGood`` (calibrated
+  probability that the micrograph is good), ``cryoflowMicassessReason`` (good,
+  contamination, empty, no_particles, crystalline_ice, thick_ice, carbon, poor_ctf),
+  ``cryoflowMicassessDetail`` (the finer reason when the model is confident: crack, drift,
+  aggregation, crowding, astigmatism), ``cryoflowMicassessEvidence`` (the three inputs
+  that pushed the call most, ``name:+log-odds``; ``cnn`` is the image network).
+- ``summary.json``, ``report.html`` + ``figures/``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from cryoflow.errors import CryoflowError
+from cryoflow.micassess.features import (
+    FEATURES,
+    GROUP,
+    REASONS,
+    feature_vector,
+    inputs_from_image,
+    tabular_ctf,
+    tiles,
+)
+from cryoflow.micassess.model import MicAssessModel
+
+REQUIRED = ("rlnMicrographName", "rlnCtfFigureOfMerit")
+COLUMNS = {
+    "p_good": "cryoflowMicassessPGood",
+    "reason": "cryoflowMicassessReason",
+    "detail": "cryoflowMicassessDetail",
+    "evidence": "cryoflowMicassessEvidence",
+}
+DETAIL_SHARE = 0.6  # the finer reason is given when it holds this share of its group
+
+
+@dataclass
+class Prediction:
+    """Per micrograph: P(good), reason group, finer reason, evidence, and the arrays behind them."""
+
+    p_good: np.ndarray
+    reason: list[str]
+    detail: list[str]
+    evidence: list[str]
+    fine: np.ndarray  # (N, C) calibrated fine-class probabilities
+    contributions: np.ndarray  # (N, F + 1)
+
+
+def predict(
+    model: MicAssessModel,
+    x: np.ndarray,
+    tile_sets: list[np.ndarray],
+    spectra: np.ndarray,
+    threshold: float,
+    device="cpu",
+) -> Prediction:
+    """Batch prediction from feature vectors ``(N, F)``, CNN tiles and spectra ``(N, 2, K)``."""
+    lin = model.linear.log_proba(x)
+    cnn = model.cnn_log_proba(tile_sets, spectra, device)
+    p = model.combine(lin, cnn)
+    groups = model.group_proba(p)
+    g_good = REASONS.index("good")
+    p_good = groups[:, g_good]
+    bad = groups.copy()
+    bad[:, g_good] = -1
+    top_group = bad.argmax(1)
+    reasons, details, targets = [], [], []
+    for i in range(len(p)):
+        group = REASONS[top_group[i]]
+        members = [j for j, c in enumerate(model.classes) if GROUP[c] == group]
+        best = max(members, key=lambda j: p[i, j])
+        targets.append(best)
+        if p_good[i] >= threshold:
+            reasons.append("good")
+            details.append("good")
+        else:
+            reasons.append(group)
+            share = p[i, best] / max(groups[i, top_group[i]], 1e-12)
+            details.append(model.classes[best] if share >= DETAIL_SHARE else group)
+    contrib = model.contributions(x, lin, cnn, np.array(targets))
+    names = list(FEATURES) + ["cnn"]
+    evidence = []
+    for i in range(len(p)):
+        c = contrib[i] if p_good[i] < threshold else -contrib[i]  # what pushed towards the call made
+        top = np.argsort(-c)[:3]
+        sign = 1 if p_good[i] < threshold else -1
+        evidence.append(",".join(f"{names[j]}:{sign * c[j]:+.2f}" for j in top))
+    return Prediction(p_good, reasons, details, evidence, p, contrib)
+
+
+def knee_threshold(p_good: np.ndarray) -> float:
+    """The emptiest point of the P(good) histogram between 0.2 and 0.8 (0.5 if none stands out)."""
+    if len(p_good) < 10:
+        return 0.5
+    hist, edges = np.histogram(p_good, bins=20, range=(0, 1))
+    centres = (edges[:-1] + edges[1:]) / 2
+    sel = (centres > 0.2) & (centres < 0.8)
+    smooth = np.convolve(hist, [1, 1, 1], mode="same")[sel]
+    candidates = centres[sel][smooth == smooth.min()]
+    return float(candidates[np.argmin(np.abs(candidates - 0.5))])
+
+
+def _read_inputs(star_path: Path):
+    from cryoflow.io import read_table, require_columns
+
+    fitted = read_table(star_path, "micrographs")
+    if len(fitted.table) or len(fitted.table.columns):  # an empty table: every micrograph failed the CTF fit
+        require_columns(fitted.table, REQUIRED, star_path, "micrographs")
+    failed_path = star_path.with_name("micrographs_ctf_failed.star")
+    failed = None
+    if failed_path.exists() and failed_path != star_path:
+        failed = read_table(failed_path, "micrographs")
+        require_columns(failed.table, ["rlnMicrographName"], failed_path, "micrographs")
+    return fitted, failed, failed_path
+
+
+def find_image(name: str, star_path: Path, images: Path | None, bases: list[Path]) -> Path:
+    """The micrograph file of a STAR name: as RELION resolves it, else under ``images``, else
+    under a sibling folder of the STAR file's folder or of its parents (a CTF step's STAR
+    names micrographs relative to the folder of *its* input, e.g. ``run/simulate/``); the
+    folder that worked is remembered in ``bases`` for the next names."""
+    from cryoflow.io import resolve_star_path
+
+    path = resolve_star_path(name, star_path)
+    if path.exists():
+        return path
+    parts = Path(name).parts
+    if images is not None:  # the longest tail of the name found under images
+        for i in range(1 if Path(name).is_absolute() else 0, len(parts)):
+            candidate = images.joinpath(*parts[i:])
+            if candidate.exists():
+                return candidate
+        return path
+    if Path(name).is_absolute():
+        return path
+    for base in bases:
+        if (base / name).exists():
+            return base / name
+    for ancestor in list(star_path.resolve().parents)[:3]:
+        for sibling in sorted(p for p in ancestor.iterdir() if p.is_dir()):
+            if (sibling / name).exists():
+                bases.append(sibling)
+                return sibling / name
+    return path
+
+
+def run_micassess(
+    micrographs: str | os.PathLike,
+    out: str | os.PathLike,
+    threshold: float | str | None = None,
+    model: str | os.PathLike | MicAssessModel | None = None,
+    device: torch.device | str = "cpu",
+    images: str | os.PathLike | None = None,
+) -> dict:
+    """Assess the micrographs of a CTF-step STAR file and write the outputs into ``out``.
+
+    ``threshold``: P(good) below which a micrograph is rejected; ``None``/``"auto"`` the
+    model's calibrated 0.5, ``"knee"`` the emptiest point of this dataset's P(good)
+    histogram. ``out`` must not exist or be empty. Returns the summary.
+    """
+    from cryoflow.io import StarTable, atomic_dir, read_micrograph, write_table
+    from cryoflow.micassess.data import add_relative_thickness
+    from cryoflow.progress import progress
+
+    star_path = Path(micrographs)
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise CryoflowError(out, "output folder exists and is not empty; choose another --out (nothing was written)")
+    if isinstance(threshold, str) and threshold not in ("auto", "knee"):
+        try:
+            threshold = float(threshold)
+        except ValueError:
+            raise CryoflowError(None, f"--threshold must be auto, knee or a probability, not {threshold!r}") from None
+    if isinstance(threshold, float) and not 0 < threshold < 1:
+        raise CryoflowError(None, f"--threshold must be a probability between 0 and 1, got {threshold}")
+    device = torch.device(device)
+    fitted, failed, failed_path = _read_inputs(star_path)
+    model = model if isinstance(model, MicAssessModel) else MicAssessModel.load(model)
+    images = Path(images) if images else None
+
+    tables = [(fitted, True, star_path)] + ([(failed, False, failed_path)] if failed is not None else [])
+    rows, sources = [], []
+    for table, ok, path in tables:
+        sizes = table.pixel_size()
+        for i, row in table.table.iterrows():
+            r = row.to_dict()
+            r["_fitted"] = ok
+            r["_apix"] = float(sizes[i])
+            rows.append(r)
+            sources.append(path)
+    if not rows:
+        raise CryoflowError(star_path, "data_micrographs holds no micrographs")
+    if any(not np.isfinite(r.get("cryoflowRelativeIceThickness", np.nan)) for r in rows if r["_fitted"]):
+        add_relative_thickness(rows)
+
+    t0 = time.perf_counter()
+    feats, tile_sets, spectra, smalls, bases = [], [], [], [], []
+    for r, src in zip(progress(rows, desc="micassess", unit="mic"), sources, strict=True):
+        path = find_image(str(r["rlnMicrographName"]), src, images, bases)
+        image, _ = read_micrograph(path, pixel_size=r["_apix"])
+        inp = inputs_from_image(image, r["_apix"], device)
+        feats.append(feature_vector(tabular_ctf(r, r["_apix"], r["_fitted"]), inp["stats"]))
+        tile_sets.append(tiles(inp["cnn"].astype(np.float32)))
+        spectra.append(inp["spectrum"])
+        smalls.append(inp["cnn"][0])
+        r["_path"] = path
+    x = np.stack(feats)
+    spectra = np.stack(spectra)
+    auto = threshold in (None, "auto")
+    t = model.threshold if auto else 0.5 if threshold == "knee" else float(threshold)
+    pred = predict(model, x, tile_sets, spectra, t, device)
+    if threshold == "knee":
+        t = knee_threshold(pred.p_good)
+        pred = predict(model, x, tile_sets, spectra, t, device)
+    seconds = time.perf_counter() - t0
+    how = (
+        "calibrated 0.5" if auto else "knee of the P(good) histogram" if threshold == "knee" else "given (--threshold)"
+    )
+
+    out_rows = []
+    for r, p, reason, detail, ev in zip(rows, pred.p_good, pred.reason, pred.detail, pred.evidence, strict=True):
+        keep = {k: v for k, v in r.items() if not k.startswith("_")}
+        keep.update(
+            {
+                COLUMNS["p_good"]: round(float(p), 5),
+                COLUMNS["reason"]: reason,
+                COLUMNS["detail"]: detail,
+                COLUMNS["evidence"]: ev,
+            }
+        )
+        out_rows.append(keep)
+    table = pd.DataFrame(out_rows)
+    good = table[COLUMNS["reason"]] == "good"
+    optics = fitted.optics
+    if failed is not None:
+        optics = pd.concat([optics, failed.optics]).drop_duplicates("rlnOpticsGroup").reset_index(drop=True)
+    with atomic_dir(out) as tmp:
+        write_table(tmp / "micrographs_good.star", StarTable(optics, table[good].reset_index(drop=True), "micrographs"))
+        write_table(
+            tmp / "micrographs_rejected.star", StarTable(optics, table[~good].reset_index(drop=True), "micrographs")
+        )
+        from cryoflow.micassess.report import write_report
+
+        summary = write_report(
+            tmp,
+            table=table,
+            rows=rows,
+            pred=pred,
+            smalls=smalls,
+            threshold=t,
+            how=how,
+            model=model,
+            seconds=seconds,
+            device=device,
+        )
+    return summary
+
+
+def counts_by_reason(reasons: list[str]) -> dict[str, int]:
+    return {r: int(sum(1 for x in reasons if x == r)) for r in REASONS}

@@ -1,0 +1,514 @@
+"""Training: simulated sessions and/or user-labelled micrographs -> a micassess model file.
+
+Steps (:func:`train`):
+
+1. Examples: ``n_sessions`` simulated sessions (:mod:`cryoflow.micassess.data`, cached in
+   ``cache``), plus user labels (:func:`user_examples`: a folder per class, or a STAR file
+   with a label column). Sessions are split by session into training (80%) and
+   validation (20%), so validation micrographs come from sessions never seen.
+2. Linear part: scikit-learn ``LogisticRegression`` (multinomial, L2, balanced class
+   weights) on standardized features. When fine-tuning, its training set is the base
+   model's stored features plus the user's (user examples weighted up).
+3. CNN: Adam, random tiles with flips/rotations, class-balanced cross-entropy. When
+   fine-tuning, starts from the base model's weights with a lower learning rate.
+4. Combination: ``a``, ``b``, class biases fitted on the validation split (log-loss).
+5. Validation figures (good/bad accuracy, recall per reason) go into the model's
+   ``meta`` and are printed; the model is saved to ``out``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cryoflow.errors import CryoflowError
+from cryoflow.micassess.data import Example, Ranges, simulate_examples
+from cryoflow.micassess.features import FEATURES, FINE, GROUP, REASONS, TILE, pad_tile, tiles
+from cryoflow.micassess.model import Linear, MicAssessModel, MicCNN, standardize
+
+
+@dataclass
+class TrainSettings:
+    """Training parameters (see the module docstring)."""
+
+    n_sessions: int = 40
+    seed: int = 0
+    epochs: int = 30
+    batch: int = 32
+    lr: float = 2e-3
+    c: float = 3.0  # inverse L2 strength of the logistic part
+    val_fraction: float = 0.2
+    user_weight: float = 3.0
+    ctf_dropout: float = 0.3  # good micrographs also seen as CTF failures (weak rings), for the linear part
+    max_steps: int | None = None  # stop the CNN after this many steps (smoke runs)
+
+
+def _label_index(reason: str) -> int:
+    if reason in FINE:
+        return FINE.index(reason)
+    if reason == "poor_ctf":
+        return FINE.index("astigmatism")
+    raise ValueError(reason)
+
+
+def class_weights(y: np.ndarray) -> np.ndarray:
+    """Per fine class: good weighs as much as all bad classes together, and the bad classes
+    equally among themselves (so P(good) is not swamped by the many bad classes)."""
+    counts = np.bincount(y, minlength=len(FINE)).astype(float)
+    good = FINE.index("good")
+    bad = [k for k in range(len(FINE)) if k != good and counts[k] > 0]
+    w = np.zeros(len(FINE))
+    if counts[good]:
+        w[good] = len(y) / (2 * counts[good])
+    for k in bad:
+        w[k] = len(y) / (2 * len(bad) * counts[k]) if counts[good] else len(y) / (len(bad) * counts[k])
+    return w
+
+
+def fit_linear(x: np.ndarray, y: np.ndarray, weights: np.ndarray | None, c: float, seed: int) -> Linear:
+    """Standardize and fit a multinomial logistic regression; classes absent from ``y`` get
+    a very negative intercept (never predicted)."""
+    from sklearn.linear_model import LogisticRegression
+
+    mean = x.mean(0)
+    scale = x.std(0)
+    scale[scale < 1e-6] = 1.0
+    z = standardize(x, mean, scale)
+    cw = class_weights(y)
+    sw = cw[y] * (weights if weights is not None else 1.0)
+    clf = LogisticRegression(C=c, max_iter=3000, random_state=seed)
+    clf.fit(z, y, sample_weight=sw)
+    coef = np.zeros((len(FINE), x.shape[1]))
+    intercept = np.full(len(FINE), -30.0)
+    coef[clf.classes_] = clf.coef_
+    intercept[clf.classes_] = clf.intercept_
+    return Linear(mean, scale, coef, intercept)
+
+
+def as_ctf_failure(x: np.ndarray) -> np.ndarray:
+    """Copies of feature rows as if the CTF step had found no Thon rings (what it writes to
+    micrographs_ctf_failed.star): real good micrographs with weak rings exist (few particles,
+    thin ice, low defocus), and a failed fit alone must not mean "bad"."""
+    from cryoflow.micassess.features import tabular_ctf
+
+    out = x.copy()
+    i = {n: FEATURES.index(n) for n in FEATURES}
+    for row in out:
+        failed = tabular_ctf({"rlnCtfFigureOfMerit": row[i["figure_of_merit"]] * 0.5}, 1.0, False)
+        for name in (
+            "ctf_fitted",
+            "figure_of_merit",
+            "log_fit_resolution",
+            "fit_resolution_nyquist",
+            "log_envelope_b",
+            "thon_anisotropy",
+            "astigmatism_kA",
+            "astigmatism_relative",
+            "defocus_um",
+        ):
+            row[i[name]] = failed[name]
+    return out
+
+
+def _random_tile(cnn: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    _, h, w = cnn.shape
+    y = int(rng.integers(0, h - TILE + 1)) if h > TILE else 0
+    x = int(rng.integers(0, w - TILE + 1)) if w > TILE else 0
+    t = pad_tile(cnn[:, y : y + TILE, x : x + TILE].astype(np.float32))
+    if rng.random() < 0.5:
+        t = t[:, :, ::-1]
+    # robustness to other detectors and doses: contrast scale and extra noise on the image channels
+    mask = t[2:3]
+    t = t.copy()
+    t[0] = np.clip(t[0] * rng.uniform(0.7, 1.4) + rng.normal(0, rng.uniform(0, 0.4), t[0].shape) * mask[0], -5, 5)
+    t[1] = np.clip(t[1] + rng.normal(0, rng.uniform(0, 0.4), t[1].shape) * mask[0], -5, 5)
+    return np.ascontiguousarray(np.rot90(t, int(rng.integers(4)), axes=(1, 2)))
+
+
+def train_cnn(
+    examples: list[Example],
+    labels: np.ndarray,
+    settings: TrainSettings,
+    init: MicCNN | None = None,
+    device="cpu",
+    log=print,
+) -> MicCNN:
+    """Train the CNN on random tiles (class-balanced cross-entropy)."""
+    torch.manual_seed(settings.seed)
+    rng = np.random.default_rng(settings.seed)
+    net = MicCNN(len(FINE))
+    if init is not None:
+        net.load_state_dict(init.state_dict())
+    net.to(device).train()
+    lr = settings.lr if init is None else settings.lr / 4
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
+    weights = class_weights(labels)
+    for hard in ("aggregation", "crowding"):  # the classes the image alone must find
+        weights[FINE.index(hard)] *= 2.0
+    loss_fn = torch.nn.CrossEntropyLoss(weight=torch.tensor(weights, dtype=torch.float32, device=device))
+    steps_per_epoch = max(1, math.ceil(len(examples) / settings.batch))
+    total = steps_per_epoch * settings.epochs
+    if settings.max_steps is not None:
+        total = min(total, settings.max_steps)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(total, 2))
+    spectra = np.stack([e.spectrum for e in examples]).astype(np.float32)
+    step = 0
+    t0 = time.perf_counter()
+    for epoch in range(settings.epochs):
+        order = rng.permutation(len(examples))
+        running = 0.0
+        for s in range(0, len(order), settings.batch):
+            idx = order[s : s + settings.batch]
+            x = torch.from_numpy(np.stack([_random_tile(examples[i].cnn, rng) for i in idx])).to(device)
+            sp = torch.from_numpy(spectra[idx]).to(device)
+            y = torch.from_numpy(labels[idx]).long().to(device)
+            loss = loss_fn(net(x, sp), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            running += loss.item() * len(idx)
+            step += 1
+            if step >= total:
+                break
+        log(f"  cnn epoch {epoch + 1}: loss {running / len(order):.3f} ({time.perf_counter() - t0:.0f} s)")
+        if step >= total:
+            break
+    return net.eval()
+
+
+def fit_stack(lin: np.ndarray, cnn: np.ndarray, labels: np.ndarray) -> tuple[float, float, np.ndarray]:
+    """``a``, ``b``, class biases minimizing the log-loss of ``softmax(a lin + b cnn + bias)``."""
+    lt = torch.tensor(lin)
+    ct = torch.tensor(cnn)
+    y = torch.tensor(labels).long()
+    a = torch.tensor(1.0, dtype=torch.float64, requires_grad=True)
+    b = torch.tensor(1.0, dtype=torch.float64, requires_grad=True)
+    bias = torch.zeros(lin.shape[1], dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([a, b, bias], max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        logits = a * lt + b * ct + bias
+        loss = torch.nn.functional.cross_entropy(logits, y) + 1e-3 * (bias**2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return max(a.item(), 0.0), max(b.item(), 0.0), bias.detach().numpy()
+
+
+def evaluate(model: MicAssessModel, examples: list[Example], device="cpu") -> dict:
+    """Good/bad accuracy and recall per reason group (and per fine reason) on ``examples``."""
+    p, _, _ = predict_examples(model, examples, device)
+    return figures(model, p, [e.reason for e in examples])
+
+
+def predict_examples(model: MicAssessModel, examples: list[Example], device="cpu"):
+    x = np.stack([e.features for e in examples])
+    lin = model.linear.log_proba(x)
+    cnn = model.cnn_log_proba(
+        [tiles(e.cnn.astype(np.float32)) for e in examples], np.stack([e.spectrum for e in examples]), device
+    )
+    return model.combine(lin, cnn), lin, cnn
+
+
+def figures(model: MicAssessModel, p: np.ndarray, truth: list[str], threshold: float | None = None) -> dict:
+    """Accuracy figures of fine-class probabilities ``p`` against true reasons."""
+    threshold = model.threshold if threshold is None else threshold
+    groups = model.group_proba(p)
+    p_good = groups[:, REASONS.index("good")]
+    called_good = p_good >= threshold
+    bad_groups = groups.copy()
+    bad_groups[:, REASONS.index("good")] = -1
+    reason = np.where(called_good, "good", np.array(REASONS)[bad_groups.argmax(1)])
+    true_group = np.array([GROUP[t] for t in truth])
+    good_true = true_group == "good"
+    out = {
+        "micrographs": len(truth),
+        "good_bad_accuracy": float(np.mean(called_good == good_true)),
+        "reason_accuracy": float(np.mean(reason == true_group)),
+        "recall_per_reason": {},
+        "bad_called_bad_per_fine_reason": {},
+        "counts": {},
+    }
+    for g in REASONS:
+        sel = true_group == g
+        if sel.any():
+            out["recall_per_reason"][g] = float(np.mean(reason[sel] == g))
+            out["counts"][g] = int(sel.sum())
+    for f in sorted(set(truth)):
+        sel = np.array(truth) == f
+        out["bad_called_bad_per_fine_reason"][f] = float(np.mean(called_good[sel] == (f == "good")))
+    return out
+
+
+def train(
+    out: str | os.PathLike,
+    settings: TrainSettings | None = None,
+    ranges: Ranges | None = None,
+    cache: str | os.PathLike | None = None,
+    user: list[Example] | None = None,
+    base: MicAssessModel | None = None,
+    device="cpu",
+    log=print,
+) -> MicAssessModel:
+    """Train a model (see the module docstring) and save it to ``out``; returns it."""
+    settings = settings or TrainSettings()
+    user = user or []
+    t0 = time.perf_counter()
+    sim = simulate_examples(settings.n_sessions, settings.seed, ranges, cache=cache) if settings.n_sessions else []
+    log(
+        f"micassess train: {len(sim)} simulated micrographs, {len(user)} user-labelled ({time.perf_counter() - t0:.0f} s)"
+    )
+    if not sim and not user:
+        raise CryoflowError(None, "no training examples: give --sessions > 0 or labelled micrographs")
+    rng = np.random.default_rng(settings.seed)
+    sessions = sorted({e.name.split("_")[0] for e in sim})
+    n_val = max(1, round(settings.val_fraction * len(sessions))) if len(sessions) > 1 else 0
+    val_sessions = set(rng.permutation(sessions)[:n_val].tolist()) if n_val else set()
+    train_sim = [e for e in sim if e.name.split("_")[0] not in val_sessions]
+    val = [e for e in sim if e.name.split("_")[0] in val_sessions]
+    if user:
+        u = rng.permutation(len(user))
+        n_uval = len(user) // 5 if len(user) >= 10 else 0
+        val += [user[i] for i in u[:n_uval]]
+        train_user = [user[i] for i in u[n_uval:]]
+    else:
+        train_user = []
+    train_set = train_sim + train_user
+    held_out = bool(val)
+    if not val:
+        val = train_set  # tiny runs: evaluate on the training set (said in meta), keep the base calibration
+    y_train = np.array([_label_index(e.reason) for e in train_set])
+    y_val = np.array([_label_index(e.reason) for e in val])
+
+    # linear part
+    x = np.stack([e.features for e in train_set])
+    w = np.array([1.0] * len(train_sim) + [settings.user_weight] * len(train_user))
+    if base is not None and base.train_features is not None and len(base.train_features):
+        x = np.concatenate([base.train_features, x])
+        y_lin = np.concatenate([[_label_index(r) for r in base.train_labels], y_train])
+        w = np.concatenate([np.ones(len(base.train_features)), w])
+    else:
+        y_lin = y_train
+    x_fit, y_fit, w_fit = x, y_lin, w
+    if settings.ctf_dropout > 0:
+        good = np.flatnonzero(y_lin == FINE.index("good"))
+        pick = rng.choice(good, size=int(settings.ctf_dropout * len(good)), replace=False) if len(good) else good
+        x_fit = np.concatenate([x, as_ctf_failure(x[pick])])
+        y_fit = np.concatenate([y_lin, y_lin[pick]])
+        w_fit = np.concatenate([w, w[pick]])
+    linear = fit_linear(x_fit, y_fit, w_fit, settings.c, settings.seed)
+    log(f"  linear part fitted on {len(x)} micrographs")
+
+    # CNN
+    reps = max(1, round(settings.user_weight)) if train_user else 1
+    cnn_set = train_sim + train_user * reps
+    y_cnn = np.array([_label_index(e.reason) for e in cnn_set])
+    cnn = train_cnn(cnn_set, y_cnn, settings, init=base.cnn if base is not None else None, device=device, log=log)
+
+    model = MicAssessModel(classes=list(FINE), linear=linear, cnn=cnn.cpu())
+    _, lin_v, cnn_v = predict_examples(model, val)
+    if held_out:
+        model.stack_a, model.stack_b, model.stack_bias = fit_stack(lin_v, cnn_v, y_val)
+    elif base is not None:
+        model.stack_a, model.stack_b, model.stack_bias = base.stack_a, base.stack_b, base.stack_bias.copy()
+    model.train_features = x
+    model.train_labels = [FINE[i] for i in y_lin]
+    val_figures = figures(model, model.combine(lin_v, cnn_v), [e.reason for e in val])
+    model.meta = {
+        "trained": time.strftime("%Y-%m-%d"),
+        "simulated_micrographs": len(sim),
+        "simulated_sessions": len(sessions),
+        "validation_sessions": sorted(val_sessions),
+        "user_micrographs": len(user),
+        "validation_held_out": held_out,
+        "fine_tuned": base is not None,
+        "settings": {k: v for k, v in vars(settings).items() if v is not None},
+        "validation": val_figures,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    model.save(out)
+    log(
+        f"  validation ({val_figures['micrographs']} micrographs of held-out sessions): good/bad accuracy "
+        f"{val_figures['good_bad_accuracy']:.3f}, reason accuracy {val_figures['reason_accuracy']:.3f}"
+    )
+    for g, r in val_figures["recall_per_reason"].items():
+        log(f"    recall {g:<16} {r:.3f}  (n={val_figures['counts'][g]})")
+    log(f"  stacking: a={model.stack_a:.3f} (linear) b={model.stack_b:.3f} (cnn) -> {out}")
+    return model
+
+
+# --- user labels --------------------------------------------------------------------------
+ACCEPTED = sorted(set(FINE) | set(REASONS))
+
+
+def _check_label(label: str, where) -> str:
+    label = str(label).strip()
+    if label not in ACCEPTED:
+        raise CryoflowError(where, f"unknown label {label!r}; use one of {', '.join(ACCEPTED)}")
+    return label
+
+
+def user_examples(source: str | os.PathLike, label_column: str = "cfReason", device="cpu") -> list[Example]:
+    """Labelled micrographs from a folder per class (``DIR/<reason>/*.mrc``) or a STAR file
+    with a label column (and, if it is a CTF-step output, its metric columns).
+
+    Micrographs without CTF columns (folders, plain STAR files) go through
+    :func:`cryoflow.ctf.estimate` first (300 kV, Cs 2.7 mm, amplitude contrast 0.1 unless
+    the STAR's optics say otherwise).
+    """
+    from cryoflow.io import read_micrograph, read_table
+    from cryoflow.micassess.run import find_image
+
+    source = Path(source)
+    bases: list[Path] = []
+    items = []  # (path, label, row or None, pixel size or None, optics)
+    if source.is_dir():
+        for sub in sorted(p for p in source.iterdir() if p.is_dir()):
+            label = _check_label(sub.name, sub)
+            for f in sorted(sub.rglob("*.mrc")):
+                items.append((f, label, None, None, (300.0, 2.7, 0.1)))
+        if not items:
+            raise CryoflowError(source, "no labelled micrographs: expected sub-folders named by reason holding *.mrc")
+    elif source.suffix == ".star":
+        star = read_table(source, "micrographs")
+        if label_column not in star.table:
+            raise CryoflowError(source, f"data_micrographs has no label column {label_column} (see --label-column)")
+        optics = star.optics_for_rows()
+        sizes = star.pixel_size()
+        for i, row in star.table.iterrows():
+            o = optics.loc[i]
+            items.append(
+                (
+                    find_image(str(row["rlnMicrographName"]), source, None, bases),
+                    _check_label(row[label_column], source),
+                    row.to_dict() if "rlnCtfFigureOfMerit" in star.table else None,
+                    float(sizes[i]),
+                    (
+                        float(o.get("rlnVoltage", 300)),
+                        float(o.get("rlnSphericalAberration", 2.7)),
+                        float(o.get("rlnAmplitudeContrast", 0.1)),
+                    ),
+                )
+            )
+    else:
+        raise CryoflowError(source, "labels must be a folder of class sub-folders or a STAR file")
+    from cryoflow.ctf import Optics, Settings, estimate
+    from cryoflow.ctf.run import COLUMNS
+    from cryoflow.micassess.data import add_relative_thickness
+    from cryoflow.micassess.features import feature_vector, inputs_from_image, tabular_ctf
+
+    rows, inputs, sizes_used = [], [], []
+    for path, label, row, apix, optics in items:
+        image, apix = read_micrograph(path, pixel_size=apix)
+        if row is None:
+            r = estimate(torch.from_numpy(image), apix, Optics(*optics), Settings(tilt=False))
+            row = {c: r.metrics[m] for m, c in COLUMNS.items() if m in r.metrics}
+            if r.ok:
+                row.update(rlnDefocusU=r.fit.defocus_u, rlnDefocusV=r.fit.defocus_v)
+            row["_fitted"] = bool(r.ok)
+        else:
+            row = dict(row)
+            row["_fitted"] = "cryoflowCtfFailure" not in row or not str(row.get("cryoflowCtfFailure") or "").strip()
+        row["_label"] = label
+        rows.append(row)
+        inputs.append(inputs_from_image(image, apix, device))
+        sizes_used.append(apix)
+    if any("cryoflowRelativeIceThickness" not in r for r in rows):
+        add_relative_thickness(rows)
+    out = []
+    for (path, *_), row, inp, apix in zip(items, rows, inputs, sizes_used, strict=True):
+        ctf = tabular_ctf(row, apix, row["_fitted"])
+        out.append(
+            Example(
+                f"user_{Path(path).stem}", row["_label"], feature_vector(ctf, inp["stats"]), inp["cnn"], inp["spectrum"]
+            )
+        )
+    return out
+
+
+def model_card(model: MicAssessModel, command: str) -> str:
+    """The model card (Markdown) of a trained model: data, parameters, validation per class."""
+    from dataclasses import asdict
+
+    from cryoflow.micassess.bench import HELD_OUT
+    from cryoflow.micassess.features import FEATURE_DOCS
+
+    m = model.meta
+    v = m.get("validation", {})
+    ranges = asdict(Ranges())
+    lines = [
+        "# micassess: bad-micrograph detection model",
+        "",
+        f"Trained {m.get('trained')} with:",
+        "",
+        "```",
+        command,
+        "```",
+        "",
+        "## Training data",
+        "",
+        f"- {m.get('simulated_micrographs')} simulated micrographs in {m.get('simulated_sessions')} sessions "
+        f"(`cryoflow.micassess.data`, seed {m.get('settings', {}).get('seed')}), {m.get('user_micrographs')} user-labelled.",
+        "- Per session: one pixel size, dose, detector (falcon4, k3, counting), voltage (300 kV, 20% 200 kV) and one or two "
+        "species (PDB 7DDO or procedural globular/elongated/ring/multimer particles); per micrograph its own defocus, "
+        "astigmatism, B-factor, ice thickness, particle density, junk fraction and, for about 55%, one simulator defect "
+        "(every one of: " + ", ".join(FINE[1:]) + ").",
+        "- Ranges: "
+        + ", ".join(f"{k} {val}" for k, val in ranges.items() if k not in ("balanced", "species_seed_offset")),
+        "- Each micrograph went through `cryoflow.ctf.estimate` (tilt skipped) and the same feature code as prediction.",
+        f"- Validation: the sessions {', '.join(m.get('validation_sessions', []))} were held out of training and used to "
+        "fit the combination (stacking + calibration); their figures are below.",
+        "",
+        "## Model",
+        "",
+        f"- Linear part: scikit-learn LogisticRegression (multinomial, L2 C={m.get('settings', {}).get('c')}, class "
+        f"weights: good as heavy as all bad classes together, bad classes equal) on {len(FEATURES)} standardized features; {int(m.get('settings', {}).get('ctf_dropout', 0) * 100)}% "
+        "of the good micrographs added again as CTF failures.",
+        f"- CNN: {sum(p.numel() for p in model.cnn.parameters())} parameters; input tiles of 192 px at 4 Å/px (contrast, "
+        "standardized image, mask) and the radial power spectrum on a fixed 1/Å grid; "
+        f"{m.get('settings', {}).get('epochs')} epochs, AdamW, one-cycle learning rate {m.get('settings', {}).get('lr')}; "
+        "random tiles, flips, rotations, contrast and noise augmentation; aggregation and crowding weighted x2.",
+        f"- Combination: softmax(a log p_linear + b log p_cnn + bias), a = {model.stack_a:.3f}, b = {model.stack_b:.3f}; "
+        f"threshold on P(good) {model.threshold}.",
+        f"- Classes (fine): {', '.join(model.classes)}; reported reasons: {', '.join(REASONS)} "
+        "(crack, drift, aggregation and crowding under contamination; astigmatism under poor_ctf).",
+        "",
+        f"## Validation ({v.get('micrographs')} micrographs of held-out sessions)",
+        "",
+        f"- good/bad accuracy: {v.get('good_bad_accuracy', float('nan')):.3f}",
+        f"- reason accuracy: {v.get('reason_accuracy', float('nan')):.3f}",
+        "",
+        "| reason | micrographs | recall |",
+        "|---|---|---|",
+    ]
+    for g, r in v.get("recall_per_reason", {}).items():
+        lines.append(f"| {g} | {v['counts'][g]} | {r:.3f} |")
+    lines += [
+        "",
+        "| fine reason (truth) | fraction called correctly good/bad |",
+        "|---|---|",
+    ]
+    for f, r in v.get("bad_called_bad_per_fine_reason", {}).items():
+        lines.append(f"| {f} | {r:.3f} |")
+    lines += [
+        "",
+        "## Features",
+        "",
+        *[f"- `{k}`: {d}" for k, d in FEATURE_DOCS.items()],
+        "",
+        "## Limits",
+        "",
+        "- Trained on simulated micrographs only; real data differ (detector noise, gain, ice). Fine-tune on a few "
+        "dozen labelled micrographs of your own (`cryoflow micassess train --labels DIR_OR_STAR --out mine.pt --sessions 0`).",
+        f"- Held-out benchmark ranges (`cryoflow bench micassess`): {asdict(HELD_OUT)}.",
+    ]
+    return "\n".join(lines) + "\n"
