@@ -129,19 +129,7 @@ def estimate(image: torch.Tensor, pixel_size: float, optics: Optics, settings: S
     metrics["thon_anisotropy"], metrics["thon_weak_angle"] = thon_anisotropy(spectrum, signal, fit, optics, resolution)
     if settings.tilt:
         metrics["tilt_angle"], metrics["tilt_axis"] = local_tilt(image, pixel_size, optics, fit, resolution, settings)
-    from cryoflow.optics import ctf_phase
-
-    chi = ctf_phase(
-        spectrum.ky,
-        spectrum.kx,
-        fit.defocus_u,
-        fit.defocus_v,
-        fit.angle,
-        optics.voltage,
-        optics.cs,
-        optics.amplitude_contrast,
-        fit.phase_shift,
-    )
+    chi = fit.chi(spectrum.ky, spectrum.kx, optics)
     return CtfResult(
         ok=True,
         reason="",

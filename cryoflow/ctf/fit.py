@@ -74,6 +74,20 @@ class CtfFit:
         """``defocus_u - defocus_v`` (Å), >= 0."""
         return self.defocus_u - self.defocus_v
 
+    def chi(self, ky: torch.Tensor, kx: torch.Tensor, optics: Optics) -> torch.Tensor:
+        """The CTF phase χ of this fit at frequencies ``(ky, kx)`` (Å⁻¹)."""
+        return ctf_phase(
+            ky,
+            kx,
+            self.defocus_u,
+            self.defocus_v,
+            self.angle,
+            optics.voltage,
+            optics.cs,
+            optics.amplitude_contrast,
+            self.phase_shift,
+        )
+
 
 def pearson(x: torch.Tensor, y: torch.Tensor, dim: int = -1, weight: torch.Tensor | None = None) -> torch.Tensor:
     """Weighted Pearson correlation along ``dim``."""

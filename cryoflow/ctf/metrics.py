@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from cryoflow.ctf.fit import CtfFit, Optics, pearson, radial_profile
 from cryoflow.ctf.spectrum import Spectrum
-from cryoflow.optics import astigmatic_defocus, ctf_phase, wavelength
+from cryoflow.optics import astigmatic_defocus, ctf_phase_isotropic, wavelength
 
 FIT_CC_THRESHOLD = 0.5  # local correlation below which the fit no longer holds
 ICE_BAND = (3.55, 3.85)  # Å: the hexagonal-ice (100)/(002)/(101) reflections 3.90/3.67/3.44 Å sit around it
@@ -50,17 +50,8 @@ def equiphase_profile(spectrum: Spectrum, signal: torch.Tensor, fit: CtfFit, opt
     edges = torch.arange(fit.k_min, nyquist, spectrum.step / 2, dtype=torch.float32)
     data = radial_profile(signal.float().flatten(), k_eq.float().flatten(), edges).numpy()
     centres = ((edges[:-1] + edges[1:]) / 2).double()
-    zero = torch.zeros_like(centres)
-    chi = ctf_phase(
-        zero,
-        centres,
-        fit.defocus,
-        fit.defocus,
-        0.0,
-        optics.voltage,
-        optics.cs,
-        optics.amplitude_contrast,
-        fit.phase_shift,
+    chi = ctf_phase_isotropic(
+        centres, fit.defocus, optics.voltage, optics.cs, optics.amplitude_contrast, fit.phase_shift
     )
     model = (-torch.cos(2 * chi)).numpy()
     kc = centres.numpy()
@@ -175,17 +166,7 @@ def thon_anisotropy(
     if sel.sum() < 200:
         return float("nan"), float("nan")
     ky, kx, sig = spectrum.ky[sel], spectrum.kx[sel], signal[sel]
-    chi = ctf_phase(
-        ky,
-        kx,
-        fit.defocus_u,
-        fit.defocus_v,
-        fit.angle,
-        optics.voltage,
-        optics.cs,
-        optics.amplitude_contrast,
-        fit.phase_shift,
-    )
+    chi = fit.chi(ky, kx, optics)
     model = -torch.cos(2 * chi)
     phi = torch.rad2deg(torch.atan2(ky, kx)) % 180
     sector = (phi / 15).long().clamp(0, 11)

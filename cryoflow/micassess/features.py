@@ -33,20 +33,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-FINE = (
-    "good",
-    "empty",
-    "no_particles",
-    "thick_ice",
-    "crystalline_ice",
-    "contamination",
-    "carbon",
-    "crack",
-    "drift",
-    "aggregation",
-    "crowding",
-    "astigmatism",
-)
+from cryoflow.simulate.defects import DEFECTS
+
+# the simulator's reasons (its defects' labels), in the order the shipped model's classes use
+FINE = ("good", *DEFECTS)
 REASONS = ("good", "contamination", "empty", "no_particles", "crystalline_ice", "thick_ice", "carbon", "poor_ctf")
 GROUP = {
     "good": "good",

@@ -29,7 +29,7 @@ import torch
 
 from cryoflow.errors import CryoflowError
 from cryoflow.micassess.data import Example, Ranges, simulate_examples
-from cryoflow.micassess.features import FEATURES, FINE, GROUP, REASONS, TILE, pad_tile, tiles
+from cryoflow.micassess.features import FEATURES, FINE, FITTED_ONLY, GROUP, REASONS, TILE, pad_tile, tiles
 from cryoflow.micassess.model import Linear, MicAssessModel, MicCNN, standardize
 
 
@@ -101,17 +101,7 @@ def as_ctf_failure(x: np.ndarray) -> np.ndarray:
     i = {n: FEATURES.index(n) for n in FEATURES}
     for row in out:
         failed = tabular_ctf({"rlnCtfFigureOfMerit": row[i["figure_of_merit"]] * 0.5}, 1.0, False)
-        for name in (
-            "ctf_fitted",
-            "figure_of_merit",
-            "log_fit_resolution",
-            "fit_resolution_nyquist",
-            "log_envelope_b",
-            "thon_anisotropy",
-            "astigmatism_kA",
-            "astigmatism_relative",
-            "defocus_um",
-        ):
+        for name in ("ctf_fitted", "figure_of_merit", *FITTED_ONLY):
             row[i[name]] = failed[name]
     return out
 

@@ -28,20 +28,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from cryoflow.simulate.defects import DEFECTS
+
 # Reasons an exposure is bad (the simulator's ``truth["reason"]``); "good" is the rest.
-BAD_REASONS = (
-    "empty",
-    "no_particles",
-    "thick_ice",
-    "crystalline_ice",
-    "contamination",
-    "carbon",
-    "crack",
-    "drift",
-    "aggregation",
-    "crowding",
-    "astigmatism",
-)
+BAD_REASONS = DEFECTS
 REASONS = ("good",) + BAD_REASONS
 
 GRID_BAR_PITCH_UM = 84.7  # 300 mesh: 84.7 µm from one square to the next
