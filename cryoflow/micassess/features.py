@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cryoflow.ctf.run import COLUMNS as CTF_COLUMNS
 from cryoflow.simulate.defects import DEFECTS
 
 # the simulator's reasons (its defects' labels), in the order the shipped model's classes use
@@ -120,16 +121,22 @@ FITTED_ONLY = (
     "astigmatism_relative",
     "defocus_um",
 )
+# the CTF step's metrics the features use, under their STAR column names (the CTF step's contract)
 _STAR = {
-    "figure_of_merit": "rlnCtfFigureOfMerit",
-    "fit_resolution": "rlnCtfMaxResolution",
-    "ice_ring": "rlnCtfIceRingDensity",
-    "ice_crystallinity": "cryoflowIceCrystallinity",
-    "envelope_b": "cryoflowEnvelopeB",
-    "thon_anisotropy": "cryoflowThonAnisotropy",
-    "dark_fraction": "cryoflowDarkFraction",
-    "bright_fraction": "cryoflowBrightFraction",
-    "relative_ice_thickness": "cryoflowRelativeIceThickness",
+    metric: column
+    for metric, column in CTF_COLUMNS.items()
+    if metric
+    in (
+        "figure_of_merit",
+        "fit_resolution",
+        "ice_ring",
+        "ice_crystallinity",
+        "envelope_b",
+        "thon_anisotropy",
+        "dark_fraction",
+        "bright_fraction",
+        "relative_ice_thickness",
+    )
 }
 REQUIRED_COLUMNS = ("rlnMicrographName",)
 
