@@ -135,6 +135,8 @@ def simulate_session(session: int, seed: int, ranges: Ranges, reasons: list[str]
             n_particles=n_particles,
             junk_fraction=plan["junk"],
             defect=None if reason == "good" else reason,
+            # thick ice from just above the label's 100 nm, as grid squares near the bars give
+            defect_params={"thickness_nm": (100.0, 220.0)} if reason == "thick_ice" else None,
             ice_contrast=plan["ice_contrast"],
             thickness_variation=float(rng.uniform(0.01, 0.06)),
             seed=int(rng.integers(0, 2**31 - 1)),
