@@ -13,25 +13,10 @@ from cryoflow.micassess import FEATURES, MicAssessModel
 from cryoflow.micassess.data import Ranges, simulate_session
 from cryoflow.micassess.features import GROUP
 from cryoflow.micassess.train import figures, predict_examples
+from cryoflow.simulate.defects import DEFECTS
 
 # every reason of the simulator once, plus good ones (320 x 320 frames at 1.4-1.6 Å/px)
-REASONS_SET = [
-    "good",
-    "good",
-    "good",
-    "good",
-    "empty",
-    "no_particles",
-    "thick_ice",
-    "crystalline_ice",
-    "contamination",
-    "carbon",
-    "crack",
-    "drift",
-    "aggregation",
-    "crowding",
-    "astigmatism",
-]
+REASONS_SET = ["good"] * 4 + list(DEFECTS)
 
 
 @pytest.fixture(scope="module")
