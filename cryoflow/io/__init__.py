@@ -6,7 +6,7 @@ the file.
 """
 
 from cryoflow.io.atomic import atomic_dir, atomic_path, write_bytes, write_text
-from cryoflow.io.micrographs import MicrographSet, find_micrographs
+from cryoflow.io.micrographs import MicrographSet, find_image, find_micrographs
 from cryoflow.io.mrc import MRCInfo, ParticleStack, open_stack, read_info, read_micrograph, write_mrc
 from cryoflow.io.star import (
     StarTable,
@@ -26,6 +26,7 @@ __all__ = [
     "StarTable",
     "atomic_dir",
     "atomic_path",
+    "find_image",
     "find_micrographs",
     "make_optics",
     "open_stack",

@@ -97,3 +97,31 @@ def find_micrographs(inputs: str | os.PathLike | Iterable[str | os.PathLike]) ->
     if not unique:
         raise CryoflowError(inputs[0], "empty micrograph set")
     return MicrographSet(paths=unique)
+
+
+def find_image(name: str, star_path: Path, images: Path | None, bases: list[Path]) -> Path:
+    """The micrograph file of a STAR name: as RELION resolves it, else under ``images``, else
+    under a sibling folder of the STAR file's folder or of its parents (a CTF step's STAR
+    names micrographs relative to the folder of *its* input, e.g. ``run/simulate/``); the
+    folder that worked is remembered in ``bases`` for the next names."""
+    path = resolve_star_path(name, star_path)
+    if path.exists():
+        return path
+    parts = Path(name).parts
+    if images is not None:  # the longest tail of the name found under images
+        for i in range(1 if Path(name).is_absolute() else 0, len(parts)):
+            candidate = images.joinpath(*parts[i:])
+            if candidate.exists():
+                return candidate
+        return path
+    if Path(name).is_absolute():
+        return path
+    for base in bases:
+        if (base / name).exists():
+            return base / name
+    for ancestor in list(star_path.resolve().parents)[:3]:
+        for sibling in sorted(p for p in ancestor.iterdir() if p.is_dir()):
+            if (sibling / name).exists():
+                bases.append(sibling)
+                return sibling / name
+    return path

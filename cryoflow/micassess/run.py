@@ -130,36 +130,6 @@ def _read_inputs(star_path: Path):
     return fitted, failed, failed_path
 
 
-def find_image(name: str, star_path: Path, images: Path | None, bases: list[Path]) -> Path:
-    """The micrograph file of a STAR name: as RELION resolves it, else under ``images``, else
-    under a sibling folder of the STAR file's folder or of its parents (a CTF step's STAR
-    names micrographs relative to the folder of *its* input, e.g. ``run/simulate/``); the
-    folder that worked is remembered in ``bases`` for the next names."""
-    from cryoflow.io import resolve_star_path
-
-    path = resolve_star_path(name, star_path)
-    if path.exists():
-        return path
-    parts = Path(name).parts
-    if images is not None:  # the longest tail of the name found under images
-        for i in range(1 if Path(name).is_absolute() else 0, len(parts)):
-            candidate = images.joinpath(*parts[i:])
-            if candidate.exists():
-                return candidate
-        return path
-    if Path(name).is_absolute():
-        return path
-    for base in bases:
-        if (base / name).exists():
-            return base / name
-    for ancestor in list(star_path.resolve().parents)[:3]:
-        for sibling in sorted(p for p in ancestor.iterdir() if p.is_dir()):
-            if (sibling / name).exists():
-                bases.append(sibling)
-                return sibling / name
-    return path
-
-
 def run_micassess(
     micrographs: str | os.PathLike,
     out: str | os.PathLike,
@@ -174,7 +144,7 @@ def run_micassess(
     model's calibrated 0.5, ``"knee"`` the emptiest point of this dataset's P(good)
     histogram. ``out`` must not exist or be empty. Returns the summary.
     """
-    from cryoflow.io import StarTable, atomic_dir, read_micrograph, write_table
+    from cryoflow.io import StarTable, atomic_dir, find_image, read_micrograph, write_table
     from cryoflow.micassess.data import add_relative_thickness
     from cryoflow.progress import progress
 

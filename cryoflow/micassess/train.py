@@ -355,8 +355,7 @@ def user_examples(source: str | os.PathLike, label_column: str = "cfReason", dev
     :func:`cryoflow.ctf.estimate` first (300 kV, Cs 2.7 mm, amplitude contrast 0.1 unless
     the STAR's optics say otherwise).
     """
-    from cryoflow.io import read_micrograph, read_table
-    from cryoflow.micassess.run import find_image
+    from cryoflow.io import find_image, read_micrograph, read_table
 
     source = Path(source)
     bases: list[Path] = []
