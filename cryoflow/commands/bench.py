@@ -17,7 +17,9 @@ import importlib
 
 from cryoflow.errors import CryoflowError
 
-STEPS = ["simulate", "ctf", "micassess"]
+STEPS = ["simulate", "ctf", "micassess", "extract"]
+# steps whose benchmark module is not cryoflow.<step>.bench
+MODULES = {"extract": "cryoflow.picking.extract_bench"}
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -28,7 +30,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     try:
-        module = importlib.import_module(f"cryoflow.{args.step}.bench")
+        module = importlib.import_module(MODULES.get(args.step, f"cryoflow.{args.step}.bench"))
     except ModuleNotFoundError:
         raise CryoflowError(None, f"no benchmark for step {args.step!r} yet") from None
     options = list(args.options)

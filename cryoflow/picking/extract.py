@@ -1,0 +1,487 @@
+"""Cut picked particles out of micrographs: ``.mrcs`` stacks, ``particles.star`` (RELION 3.1) and a cryoSPARC ``.cs``.
+
+Inputs
+------
+``micrographs``: a micrographs STAR (``micrographs_ctf.star`` of the CTF step or
+``micrographs_good.star`` of micassess): ``data_optics`` (rlnVoltage kV,
+rlnSphericalAberration mm, rlnAmplitudeContrast, rlnMicrographPixelSize Å) and
+``data_micrographs`` (rlnMicrographName, rlnDefocusU/V Å, rlnDefocusAngle °, optional
+rlnPhaseShift °, rlnCtfMaxResolution Å, ...). Micrograph files are found as RELION finds
+them, else under ``images`` (:func:`cryoflow.io.find_image`).
+
+``coordinates``: a pick folder holding ``coordinates.star``, that file itself (block
+``coordinate_files``: rlnMicrographName + rlnMicrographCoordinates, the per-micrograph file
+relative to ``coordinates.star``'s folder), or one particle STAR with rlnMicrographName and
+rlnCoordinateX/Y (RELION ``particles.star``, the simulator's ``truth/particles_truth.star``).
+Coordinates are pixels of the micrograph as stored (x = column, y = row). Micrographs are
+matched by name: the full relative name first, then the base name without extension.
+``rlnAutopickFigureOfMerit`` and every ``cf*``/``cryoflow*`` column are carried to the output.
+
+Choices (written to ``summary.json`` and explained in the report)
+-----------------------------------------------------------------
+- Box: ``box`` output pixels if given, else :data:`particle_images.BOX_FACTOR` (1.5) x the
+  particle diameter (``diameter`` Å, else ``diameter_A`` of the pick step's ``summary.json``),
+  rounded up to an even size whose prime factors are 2, 3, 5.
+- ``binning`` F: a window of ``box * F`` micrograph pixels (rounded to even) is cut and
+  Fourier-cropped to ``box``; the image pixel size is ``micrograph pixel * window / box``.
+- Contrast inverted (particles white); background = outside a circle of diameter 0.75 x box
+  (RELION's default ``bg_radius``), ramp removed, mean 0 and std 1 there.
+- ``phase_flip``: multiply by ``sign(CTF)`` of the micrograph's CTF (rlnCtfDataArePhaseFlipped 1).
+- A particle whose window leaves the micrograph is dropped and counted per micrograph.
+
+Outputs in ``out`` (built in a temporary folder and renamed when complete)
+---------------------------------------------------------------------------
+``Particles/<micrograph name without extension>.mrcs`` (float32, pixel size in the header),
+``particles.star``, ``particles.cs``, ``summary.json``, ``report.html`` + ``figures/``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import pandas as pd
+import torch
+
+from cryoflow.errors import CryoflowError
+from cryoflow.picking import particle_images as pim
+
+MICROGRAPH_COLUMNS = ("rlnMicrographName", "rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle")
+CTF_COLUMNS = ("rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle", "rlnPhaseShift", "rlnCtfMaxResolution")
+OPTIONAL_CTF = ("rlnCtfBfactor", "rlnCtfScalefactor", "rlnCtfFigureOfMerit")
+COORDINATES_STAR = "coordinates.star"
+PICK_SUMMARY = "summary.json"
+STACK_DIR = "Particles"
+GALLERY = 48  # particles kept for the report
+CHUNK_PIXELS = 1 << 25  # full-resolution pixels processed at once (128 MiB of float32)
+
+
+def is_carried(column: str) -> bool:
+    """Coordinate columns copied into particles.star: the figure of merit and cryoflow's own (cf*, cryoflow*)."""
+    return column == "rlnAutopickFigureOfMerit" or column.startswith(("cf", "cryoflow"))
+
+
+@dataclass
+class Coordinates:
+    """Picked positions: ``table`` has rlnMicrographName, rlnCoordinateX/Y (px) and carried columns.
+
+    ``source``: the file read; ``pick_summary``: the pick step's summary.json (``{}`` if none).
+    """
+
+    table: pd.DataFrame
+    source: Path
+    pick_summary: dict = field(default_factory=dict)
+
+
+def _read_pick_summary(folder: Path) -> dict:
+    path = folder / PICK_SUMMARY
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CryoflowError(path, f"not a readable JSON file ({exc})") from None
+
+
+def _coordinate_block(path: Path) -> pd.DataFrame:
+    """The one table of a per-micrograph coordinate file (empty when the file has no picks)."""
+    import starfile
+
+    if not path.is_file():
+        raise CryoflowError(path, "coordinate file not found")
+    try:
+        blocks = starfile.read(path, always_dict=True)
+    except Exception as exc:
+        raise CryoflowError(path, f"not a readable STAR file ({type(exc).__name__}: {exc})") from None
+    tables = [b for b in blocks.values() if isinstance(b, pd.DataFrame) and "rlnCoordinateX" in b]
+    if not tables:
+        if all(isinstance(b, pd.DataFrame) and b.empty for b in blocks.values()):
+            return pd.DataFrame(columns=["rlnCoordinateX", "rlnCoordinateY"])
+        raise CryoflowError(path, "has no table with rlnCoordinateX/rlnCoordinateY")
+    return tables[0]
+
+
+def read_coordinates(path: str | os.PathLike) -> Coordinates:
+    """Read picks from a pick folder, its ``coordinates.star`` or a particle STAR (see the module doc)."""
+    from cryoflow.io import read_blocks, require_columns
+
+    path = Path(path)
+    if path.is_dir():
+        star = path / COORDINATES_STAR
+        if not star.is_file():
+            raise CryoflowError(path, f"folder holds no {COORDINATES_STAR} (give a pick folder or a STAR file)")
+        path = star
+    blocks = read_blocks(path)
+    summary = _read_pick_summary(path.parent)
+    if "coordinate_files" in blocks:
+        index = blocks["coordinate_files"]
+        require_columns(index, ["rlnMicrographName", "rlnMicrographCoordinates"], path, "coordinate_files")
+        frames = []
+        for name, rel in zip(index["rlnMicrographName"], index["rlnMicrographCoordinates"], strict=True):
+            picks = _coordinate_block(path.parent / str(rel))
+            require_columns(picks, ["rlnCoordinateX", "rlnCoordinateY"], path.parent / str(rel), "coordinates")
+            keep = ["rlnCoordinateX", "rlnCoordinateY"] + [c for c in picks.columns if is_carried(c)]
+            frames.append(picks[keep].assign(rlnMicrographName=str(name)))
+        table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+        if table.empty:
+            table = pd.DataFrame(columns=["rlnMicrographName", "rlnCoordinateX", "rlnCoordinateY"])
+    else:
+        candidates = [n for n in ("particles", *blocks) if n in blocks and n != "optics"]
+        block = next((n for n in candidates if "rlnCoordinateX" in blocks[n]), candidates[0] if candidates else None)
+        if block is None:
+            raise CryoflowError(path, "has no coordinate_files block and no particle table")
+        table = blocks[block]
+        require_columns(table, ["rlnMicrographName", "rlnCoordinateX", "rlnCoordinateY"], path, block or "particles")
+        keep = ["rlnMicrographName", "rlnCoordinateX", "rlnCoordinateY"] + [c for c in table.columns if is_carried(c)]
+        table = table[keep]
+    table = table.reset_index(drop=True)
+    xy = table[["rlnCoordinateX", "rlnCoordinateY"]].apply(pd.to_numeric, errors="coerce")
+    if not np.isfinite(xy.to_numpy(dtype=float)).all():
+        raise CryoflowError(path, "rlnCoordinateX/rlnCoordinateY hold values that are not finite numbers")
+    table[["rlnCoordinateX", "rlnCoordinateY"]] = xy.astype(float)
+    table["rlnMicrographName"] = table["rlnMicrographName"].astype(str)
+    return Coordinates(table=table, source=path, pick_summary=summary)
+
+
+def _stem_key(name: str) -> str:
+    return PurePosixPath(str(name).replace("\\", "/")).stem
+
+
+def _name_key(name: str) -> str:
+    return os.path.normpath(str(name).replace("\\", "/"))
+
+
+def match_micrographs(names: list[str], coordinate_names: pd.Series) -> tuple[np.ndarray, dict[str, int]]:
+    """Row of ``names`` for each coordinate's micrograph name (-1 if none) and the unmatched counts.
+
+    The full (normalized) relative name is tried first, then the base name without extension
+    (only where it is unique among ``names``).
+    """
+    full = {_name_key(n): i for i, n in enumerate(names)}
+    stems: dict[str, int] = {}
+    for i, n in enumerate(names):
+        stems[_stem_key(n)] = -2 if _stem_key(n) in stems else i  # -2: ambiguous
+    lookup = {}
+    for name in coordinate_names.unique():
+        row = full.get(_name_key(name))
+        if row is None:
+            row = stems.get(_stem_key(name), -1)
+            row = -1 if row == -2 else row
+        lookup[name] = row
+    rows = coordinate_names.map(lookup).to_numpy(dtype=int)
+    unmatched = coordinate_names[rows < 0].value_counts().to_dict()
+    return rows, {str(k): int(v) for k, v in unmatched.items()}
+
+
+def stack_name(micrograph_name: str) -> str:
+    """``Particles/<name without extension>.mrcs`` (a path relative to the output folder; ``..`` and roots removed)."""
+    parts = [p for p in PurePosixPath(str(micrograph_name).replace("\\", "/")).parts if p not in ("/", "..", ".")]
+    rel = PurePosixPath(*parts) if parts else PurePosixPath("micrograph")
+    return str(PurePosixPath(STACK_DIR) / rel.with_suffix(".mrcs"))
+
+
+@dataclass
+class BoxChoice:
+    """The box, window and pixel sizes chosen, and why."""
+
+    box: int  # output pixels
+    window: int  # micrograph pixels cut before binning
+    binning: float  # requested factor
+    diameter_A: float | None
+    diameter_source: str
+    reason: str
+
+
+def choose_box(
+    box: int | None, binning: float, diameter: float | None, pick_summary: dict, pixel_size: float, source: Path
+) -> BoxChoice:
+    """Decide the output box (pixels) from ``box``, else the diameter (Å) given or found by the pick step."""
+    if not (isinstance(binning, int | float) and math.isfinite(binning) and binning >= 1):
+        raise CryoflowError(None, f"--bin must be a number >= 1 (1: no binning), got {binning}")
+    source_name = "--diameter"
+    if diameter is None and pick_summary.get("diameter_A") is not None:
+        try:
+            diameter, source_name = float(pick_summary["diameter_A"]), f"pick summary ({source.parent / PICK_SUMMARY})"
+        except (TypeError, ValueError):
+            raise CryoflowError(source.parent / PICK_SUMMARY, "diameter_A is not a number") from None
+    if diameter is not None and not (math.isfinite(diameter) and diameter > 0):
+        raise CryoflowError(None, f"the particle diameter must be a positive number of Å, got {diameter}")
+    if box is None:
+        if diameter is None:
+            raise CryoflowError(
+                source,
+                "no box size: give --box (pixels) or --diameter (Å), or a pick folder whose summary.json has diameter_A",
+            )
+        out_apix = pixel_size * binning
+        box = pim.auto_box(diameter, out_apix)
+        reason = (
+            f"{pim.BOX_FACTOR:g} x the particle diameter ({diameter:.1f} Å from {source_name}) = "
+            f"{pim.BOX_FACTOR * diameter / out_apix:.1f} px at {out_apix:.4g} Å/px, rounded up to {box}, the next even "
+            "size whose prime factors are 2, 3 and 5 (fast FFTs)"
+        )
+    else:
+        if isinstance(box, float) and not box.is_integer():
+            raise CryoflowError(None, f"--box must be a whole number of pixels, got {box}")
+        box = int(box)
+        if box < 8 or box % 2:
+            raise CryoflowError(None, f"--box must be an even number of pixels >= 8, got {box}")
+        reason = "given (--box)"
+        if diameter is not None and box * pixel_size * binning < diameter:
+            print(
+                f"cryoflow extract: warning: box {box} px ({box * pixel_size * binning:.0f} Å) is smaller than the "
+                f"particle diameter ({diameter:.0f} Å)",
+                file=sys.stderr,
+            )
+    window = pim.window_size(box, binning)
+    return BoxChoice(
+        box=box,
+        window=window,
+        binning=float(binning),
+        diameter_A=diameter,
+        diameter_source=source_name if diameter is not None else "",
+        reason=reason,
+    )
+
+
+def _micrograph_table(path: Path):
+    from cryoflow.io import read_table, require_columns
+
+    mics = read_table(path, "micrographs")
+    if mics.table.empty:
+        raise CryoflowError(path, "data_micrographs holds no micrographs")
+    require_columns(mics.table, MICROGRAPH_COLUMNS, path, "micrographs")
+    for column in ("rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast"):
+        if column not in mics.optics:
+            raise CryoflowError(path, f"data_optics is missing required column: {column}")
+    return mics
+
+
+def _optics_out(mics, groups, pixel_sizes: dict, choice: BoxChoice, phase_flip: bool) -> pd.DataFrame:
+    """RELION 3.1 particle ``data_optics``: one row per optics group used."""
+    rows = []
+    for g in groups:
+        src = mics.optics[mics.optics["rlnOpticsGroup"] == g].iloc[0]
+        apix = pixel_sizes[g]
+        original = float(src["rlnMicrographOriginalPixelSize"]) if "rlnMicrographOriginalPixelSize" in src else apix
+        rows.append(
+            {
+                "rlnOpticsGroup": int(g),
+                "rlnOpticsGroupName": str(src.get("rlnOpticsGroupName", f"opticsGroup{g}")),
+                "rlnVoltage": float(src["rlnVoltage"]),
+                "rlnSphericalAberration": float(src["rlnSphericalAberration"]),
+                "rlnAmplitudeContrast": float(src["rlnAmplitudeContrast"]),
+                "rlnMicrographOriginalPixelSize": original,
+                "rlnImagePixelSize": round(apix * choice.window / choice.box, 6),
+                "rlnImageSize": choice.box,
+                "rlnImageDimensionality": 2,
+                "rlnCtfDataArePhaseFlipped": int(phase_flip),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def run_extract(
+    micrographs: str | os.PathLike,
+    coordinates: str | os.PathLike,
+    out: str | os.PathLike,
+    box: int | None = None,
+    binning: float = 1.0,
+    diameter: float | None = None,
+    phase_flip: bool = False,
+    ramp: bool = True,
+    images: str | os.PathLike | None = None,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+    report: bool = True,
+) -> dict:
+    """Extract every picked particle into ``out`` (see the module doc); return the summary.
+
+    ``box``: output box in pixels (even); ``binning``: Fourier binning factor (>= 1);
+    ``diameter``: particle diameter in Å (for the automatic box); ``phase_flip``: flip by the
+    sign of the CTF; ``ramp``: subtract a fitted plane from the background before normalizing;
+    ``seed``: seeds the cryoSPARC uids. ``out`` must not exist or be empty.
+    """
+    from cryoflow.io import StarTable, atomic_dir, find_image, read_info, read_micrograph, write_mrc, write_table
+    from cryoflow.picking.cryosparc import particles_cs, write_cs
+    from cryoflow.progress import progress
+
+    star_path, out = Path(micrographs), Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise CryoflowError(out, "output folder exists and is not empty; choose another --out (nothing was written)")
+    device = torch.device(device)
+    images = Path(images) if images else None
+    mics = _micrograph_table(star_path)
+    coords = read_coordinates(coordinates)
+    names = [str(n) for n in mics.table["rlnMicrographName"]]
+    rows, unmatched = match_micrographs(names, coords.table["rlnMicrographName"])
+    n_unmatched = int(sum(unmatched.values()))
+    if len(coords.table) and n_unmatched == len(coords.table):
+        example = next(iter(unmatched))
+        raise CryoflowError(
+            coords.source,
+            f"no coordinate matches a micrograph of {star_path} (by name or base name), e.g. {example!r}",
+        )
+    if n_unmatched:
+        print(
+            f"cryoflow extract: warning: {n_unmatched} coordinate(s) on {len(unmatched)} micrograph(s) not in "
+            f"{star_path} were skipped (e.g. {next(iter(unmatched))!r})",
+            file=sys.stderr,
+        )
+    apix_rows = np.asarray(mics.pixel_size(), dtype=float)
+    choice = choose_box(box, binning, diameter, coords.pick_summary, float(apix_rows.min()), coords.source)
+    bg_radius = pim.BG_DIAMETER_FRACTION * choice.box / 2
+    table = mics.table
+    phase = table["rlnPhaseShift"].astype(float).to_numpy() if "rlnPhaseShift" in table else np.zeros(len(table))
+    optics_rows = mics.optics_for_rows()
+
+    t0 = time.perf_counter()
+    per_mic, particle_frames, gallery, captions = [], [], [], []
+    average = torch.zeros(choice.box, choice.box, dtype=torch.float64)
+    shapes: dict[str, tuple[int, int]] = {}
+    bases: list[Path] = []
+    used_groups: dict[int, float] = {}
+    n_done = 0
+    order = [i for i in range(len(names)) if (rows == i).any()]
+    with atomic_dir(out) as tmp:
+        for i in progress(order, desc="extract", unit="mic"):
+            name = names[i]
+            picks = coords.table[rows == i]
+            record = {"micrograph": name, "picked": len(picks), "extracted": 0, "dropped_at_edges": 0, "skipped": ""}
+            ctf = table.iloc[i]
+            defocus = [float(ctf[c]) for c in ("rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle")]
+            if phase_flip and not np.isfinite(defocus).all():
+                record["skipped"] = "no CTF fit (cannot phase flip)"
+                per_mic.append(record)
+                continue
+            path = find_image(name, star_path, images, bases)
+            apix = float(apix_rows[i])
+            if not path.is_file():
+                raise CryoflowError(path, f"micrograph {name!r} of {star_path} not found (use --images DIR)")
+            info = read_info(path)
+            if len(info.shape) != 2 and not (len(info.shape) == 3 and info.shape[0] == 1):
+                raise CryoflowError(path, f"holds {info.shape[0]} images; expected one micrograph")
+            shape = tuple(int(s) for s in info.shape[-2:])
+            shapes[name] = shape
+            if choice.window > min(shape):
+                raise CryoflowError(
+                    None,
+                    f"the box ({choice.box} px x bin {choice.binning:g} = {choice.window} micrograph px) is larger than "
+                    f"micrograph {name} ({shape[1]}x{shape[0]} px); choose a smaller --box or --bin",
+                )
+            x = torch.tensor(picks["rlnCoordinateX"].to_numpy(float))
+            y = torch.tensor(picks["rlnCoordinateY"].to_numpy(float))
+            x0, y0 = pim.box_starts(x, choice.window), pim.box_starts(y, choice.window)
+            keep = pim.inside(x0, y0, choice.window, shape)
+            record["dropped_at_edges"] = int((~keep).sum())
+            kept = picks[keep.numpy()]
+            if kept.empty:
+                per_mic.append(record)
+                continue
+            image, _ = read_micrograph(path, pixel_size=apix)
+            with warnings.catch_warnings():  # a read-only array (never written to here)
+                warnings.simplefilter("ignore", UserWarning)
+                image_t = torch.from_numpy(image).to(device)
+            group = int(optics_rows["rlnOpticsGroup"].iloc[i])
+            used_groups[group] = apix
+            opt = optics_rows.iloc[i]
+            chunk = max(1, CHUNK_PIXELS // choice.window**2)
+            x0, y0 = x0[keep], y0[keep]
+            flip = None
+            if phase_flip:  # one micrograph CTF: the same sign map for every particle (broadcast)
+                flip = pim.ctf_sign(
+                    choice.window,
+                    apix,
+                    *defocus,
+                    float(opt["rlnVoltage"]),
+                    float(opt["rlnSphericalAberration"]),
+                    float(opt["rlnAmplitudeContrast"]),
+                    float(phase[i]) if np.isfinite(phase[i]) else 0.0,
+                    device=device,
+                )
+            out_images = []
+            for s in range(0, len(kept), chunk):
+                boxes = pim.gather_boxes(image_t, y0[s : s + chunk], x0[s : s + chunk], choice.window)
+                out_images.append(pim.process_boxes(boxes, choice.box, bg_radius, flip, ramp=ramp).cpu())
+            stack = torch.cat(out_images).numpy()
+            rel = stack_name(name)
+            write_mrc(tmp / rel, stack, apix * choice.window / choice.box, stack=True)
+            average += torch.from_numpy(stack).sum(0, dtype=torch.float64)
+            n_done += len(stack)
+            record["extracted"] = len(stack)
+            per_mic.append(record)
+            if len(gallery) < GALLERY:
+                take = min(len(stack), max(1, GALLERY // max(len(order), 1)), GALLERY - len(gallery))
+                gallery.extend(stack[:take])
+                captions.extend(f"{Path(name).stem} #{j + 1}" for j in range(take))
+            frame = pd.DataFrame(
+                {
+                    "rlnImageName": [f"{j + 1:06d}@{rel}" for j in range(len(stack))],
+                    "rlnMicrographName": name,
+                    "rlnCoordinateX": kept["rlnCoordinateX"].to_numpy(float),
+                    "rlnCoordinateY": kept["rlnCoordinateY"].to_numpy(float),
+                }
+            )
+            for c in CTF_COLUMNS + OPTIONAL_CTF:
+                if c in table:
+                    frame[c] = table[c].iloc[i]
+                elif c == "rlnPhaseShift":
+                    frame[c] = 0.0
+            frame["rlnOpticsGroup"] = group
+            for c in kept.columns:
+                if is_carried(c):
+                    frame[c] = kept[c].to_numpy()
+            particle_frames.append(frame)
+        seconds = time.perf_counter() - t0
+        if not particle_frames:
+            raise CryoflowError(
+                coords.source,
+                f"no particle could be extracted ({sum(r['picked'] for r in per_mic)} picks; "
+                f"{sum(r['dropped_at_edges'] for r in per_mic)} too close to an edge for a {choice.window} px window)",
+            )
+        particles = pd.concat(particle_frames, ignore_index=True)
+        optics = _optics_out(mics, sorted(used_groups), used_groups, choice, phase_flip)
+        write_table(tmp / "particles.star", StarTable(optics, particles, "particles"))
+        write_cs(tmp / "particles.cs", particles_cs(particles, optics, shapes, seed=seed))
+        summary = {
+            "micrographs": len(order),
+            "micrographs_with_particles": int(sum(1 for r in per_mic if r["extracted"])),
+            "n_picked": int(sum(r["picked"] for r in per_mic)),
+            "n_particles": len(particles),
+            "dropped_at_edges": int(sum(r["dropped_at_edges"] for r in per_mic)),
+            "skipped_no_ctf": int(sum(r["picked"] for r in per_mic if r["skipped"])),
+            "unmatched_coordinates": n_unmatched,
+            "unmatched_micrographs": unmatched,
+            "box": choice.box,
+            "window": choice.window,
+            "bin": choice.binning,
+            "box_rule": choice.reason,
+            "diameter_A": choice.diameter_A,
+            "diameter_source": choice.diameter_source,
+            "pixel_size": float(optics["rlnImagePixelSize"].iloc[0]),
+            "micrograph_pixel_size": float(optics["rlnMicrographOriginalPixelSize"].iloc[0]),
+            "bg_radius_px": bg_radius,
+            "ramp_removed": ramp,
+            "phase_flipped": phase_flip,
+            "seconds": seconds,
+            "particles_per_second": len(particles) / max(seconds, 1e-9),
+            "device": str(device),
+            "per_micrograph": per_mic,
+            "outputs": {"particles": "particles.star", "cryosparc": "particles.cs", "stacks": STACK_DIR},
+        }
+        if report:
+            from cryoflow.picking.extract_report import write_report
+
+            mean = (average / max(n_done, 1)).float().numpy()
+            write_report(tmp, summary, gallery, captions, mean)
+        else:
+            from cryoflow.report.builder import write_summary
+
+            write_summary(tmp / "summary.json", summary)
+    return summary

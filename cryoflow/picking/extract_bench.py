@@ -1,0 +1,177 @@
+"""``cryoflow bench extract``: particles per second on simulated 4096² micrographs, and quality checks against truth.
+
+Simulates ``--micrographs`` micrographs (default 3) of ``--size``² pixels (4096) at 0.83 Å/px
+with about 300 particles of a 150 Å procedural species each (``cryoflow.simulate``), writes a
+micrographs STAR (true CTF) and the true coordinates, then runs :func:`run_extract` in a few
+configurations (automatic box; ``--bin 2``; ``--bin 4 --phase-flip``) and prints, for each:
+particles/s (reading, cutting, processing and writing the stacks; target >= 5,000 on 2 CPU
+cores), and the checks: particles dropped at the edges equal to what geometry says, the
+background ring's mean (≈ 0) and standard deviation (≈ 1), and the offset of the average
+particle's centre of mass from the box centre (target < 1 px).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+CONFIGS = [
+    ("auto box", {}),
+    ("bin 2", {"binning": 2.0}),
+    ("bin 4 + phase flip", {"binning": 4.0, "phase_flip": True}),
+]
+
+
+def simulate_inputs(folder: Path, n: int, size: int, pixel_size: float, particles: int, seed: int) -> tuple[Path, Path]:
+    """Write ``n`` simulated micrographs, ``micrographs.star`` (true CTF) and ``particles_truth.star``; return both STARs."""
+    from cryoflow.io import StarTable, make_optics, write_mrc, write_table
+    from cryoflow.simulate.micrograph import MicrographSpec, simulate_micrograph
+    from cryoflow.simulate.structures import procedural_species
+
+    species = [procedural_species(150.0, pixel_size, seed=3)]
+    rng = np.random.default_rng(seed)
+    mic_rows, frames = [], []
+    for i in range(n):
+        du = float(rng.uniform(8000, 20000))
+        spec = MicrographSpec(
+            shape=(size, size),
+            pixel_size=pixel_size,
+            n_particles=particles,
+            defocus_u=du + 200,
+            defocus_v=du - 200,
+            defocus_angle=float(rng.uniform(0, 180)),
+            detector="falcon4",
+            seed=seed + i,
+        )
+        sim = simulate_micrograph(spec, species)
+        name = f"Micrographs/mic_{i:03d}.mrc"
+        write_mrc(folder / name, sim.image, pixel_size)
+        mic_rows.append(
+            {
+                "rlnMicrographName": name,
+                "rlnOpticsGroup": 1,
+                "rlnDefocusU": spec.defocus_u,
+                "rlnDefocusV": spec.defocus_v,
+                "rlnDefocusAngle": spec.defocus_angle,
+                "rlnCtfMaxResolution": 4.0,
+            }
+        )
+        p = sim.particles
+        frames.append(
+            pd.DataFrame(
+                {
+                    "rlnMicrographName": name,
+                    "rlnCoordinateX": p["x"].to_numpy(float),
+                    "rlnCoordinateY": p["y"].to_numpy(float),
+                    "cfSpecies": p["species"].astype(str).to_numpy(),
+                    "cfIsJunk": p["is_junk"].astype(int).to_numpy(),
+                }
+            )
+        )
+    optics = make_optics(pixel_size, 300.0, 2.7, 0.07)
+    mics = folder / "micrographs.star"
+    write_table(mics, StarTable(optics, pd.DataFrame(mic_rows), "micrographs"))
+    truth = pd.concat(frames, ignore_index=True)
+    truth_path = folder / "particles_truth.star"
+    write_table(truth_path, StarTable(optics, truth.assign(rlnOpticsGroup=1), "particles"))
+    return mics, truth_path
+
+
+def expected_drops(truth: pd.DataFrame, window: int, shape: tuple[int, int]) -> int:
+    """Picks whose ``window``-pixel box (centred as RELION centres it) leaves an ``(H, W)`` micrograph."""
+    h, w = shape
+    x0 = np.floor(truth["rlnCoordinateX"].to_numpy(float) + 0.5) - window // 2
+    y0 = np.floor(truth["rlnCoordinateY"].to_numpy(float) + 0.5) - window // 2
+    return int(((x0 < 0) | (y0 < 0) | (x0 + window > w) | (y0 + window > h)).sum())
+
+
+def stack_checks(out: Path, bg_radius: float) -> dict:
+    """Background ring mean/std (over all particles) and the average's centre-of-mass offset (px)."""
+    from cryoflow.io import open_stack, read_table
+    from cryoflow.picking.particle_images import background_mask
+
+    table = read_table(out / "particles.star", "particles").table
+    stacks = []
+    for path in sorted({n.split("@", 1)[1] for n in table["rlnImageName"]}):
+        with open_stack(out / path) as stack:
+            stacks.append(stack[:])
+    images = np.concatenate(stacks)
+    box = images.shape[-1]
+    mask = background_mask(box, bg_radius).numpy()
+    bg = images[:, mask]
+    return {
+        "bg_mean": float(bg.mean()),
+        "bg_std": float(bg.std(axis=1).mean()),
+        "centre_offset_px": centre_offset(images.mean(0)),
+    }
+
+
+def centre_offset(average: np.ndarray) -> float:
+    """Distance (px) from the box centre ``(B // 2, B // 2)`` to the centre of mass of the positive part of ``average``
+    within the central circle of diameter box / 2 (the particle, not the CTF fringes)."""
+    box = average.shape[-1]
+    r = np.arange(box) - box // 2
+    yy, xx = np.meshgrid(r, r, indexing="ij")
+    weight = np.clip(average, 0, None) * ((yy**2 + xx**2) <= (box / 4) ** 2)
+    total = weight.sum()
+    if total <= 0:
+        return float("inf")
+    return float(np.hypot((weight * yy).sum() / total, (weight * xx).sum() / total))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from cryoflow.picking.extract import run_extract
+    from cryoflow.picking.particle_images import BG_DIAMETER_FRACTION
+
+    parser = argparse.ArgumentParser(prog="cryoflow bench extract", description=__doc__)
+    parser.add_argument("--micrographs", type=int, default=3, help="simulated micrographs")
+    parser.add_argument("--size", type=int, default=4096, help="micrograph size, pixels")
+    parser.add_argument("--pixel-size", type=float, default=0.83, help="Å/pixel")
+    parser.add_argument("--particles", type=int, default=300, help="particles per micrograph")
+    parser.add_argument("--diameter", type=float, default=150.0, help="particle diameter for the automatic box, Å")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+
+    figures: dict = {"micrographs": args.micrographs, "size": args.size, "pixel_size": args.pixel_size, "configs": {}}
+    with tempfile.TemporaryDirectory(prefix="bench_extract_") as tmp:
+        tmp = Path(tmp)
+        t0 = time.perf_counter()
+        mics, truth_path = simulate_inputs(tmp, args.micrographs, args.size, args.pixel_size, args.particles, args.seed)
+        print(f"simulated {args.micrographs} micrographs of {args.size}² in {time.perf_counter() - t0:.1f} s")
+        from cryoflow.io import read_table
+
+        truth = read_table(truth_path, "particles").table
+        print(
+            f"{'config':<22}{'box':>5}{'bin':>5}{'particles':>10}{'p/s':>9}{'dropped':>9}{'expected':>9}"
+            f"{'bg mean':>9}{'bg std':>8}{'centre px':>10}"
+        )
+        for i, (label, options) in enumerate(CONFIGS):
+            out = tmp / f"out{i}"
+            s = run_extract(mics, truth_path, out, diameter=args.diameter, device=args.device, report=False, **options)
+            drops = expected_drops(truth, s["window"], (args.size, args.size))
+            checks = stack_checks(out, BG_DIAMETER_FRACTION * s["box"] / 2)
+            row = {
+                "box": s["box"],
+                "bin": s["bin"],
+                "window": s["window"],
+                "n_particles": s["n_particles"],
+                "particles_per_second": s["particles_per_second"],
+                "dropped_at_edges": s["dropped_at_edges"],
+                "expected_dropped": drops,
+                **checks,
+            }
+            figures["configs"][label] = row
+            print(
+                f"{label:<22}{s['box']:>5}{s['bin']:>5g}{s['n_particles']:>10}{s['particles_per_second']:>9.0f}"
+                f"{s['dropped_at_edges']:>9}{drops:>9}{checks['bg_mean']:>9.3f}{checks['bg_std']:>8.3f}"
+                f"{checks['centre_offset_px']:>10.2f}"
+            )
+    rates = [c["particles_per_second"] for c in figures["configs"].values()]
+    print(f"extraction speed: {min(rates):.0f}-{max(rates):.0f} particles/s (target >= 5,000)")
+    return figures

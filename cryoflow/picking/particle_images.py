@@ -1,0 +1,173 @@
+"""Batched particle-image numerics: box sizes, cutting boxes, Fourier binning, phase flipping, normalization.
+
+Conventions
+-----------
+- Arrays are indexed ``[y, x]``; a batch of boxes is ``(N, B, B)`` float32 on any torch device.
+- A box is centred as RELION centres it: the particle's pixel (coordinate rounded half up)
+  sits at index ``B // 2`` of the box (the FFT origin after ``ifftshift``), so the box spans
+  ``round(c) - B // 2`` to ``round(c) + B // 2 - 1``. No sub-pixel shift is applied (RELION
+  does none either); the residual offset is at most half a pixel.
+- Frequencies are in Å⁻¹ (``ky`` along rows). The CTF is :func:`cryoflow.optics.ctf_values`
+  (RELION convention). Extracted images have their contrast inverted (particles white), so an
+  image is ``CTF ⊗ projection``; phase flipping multiplies its Fourier transform by
+  ``sign(CTF)``, giving ``|CTF| ⊗ projection``.
+- Normalization follows RELION's ``relion_preprocess --norm`` defaults: a plane (ramp) is fitted
+  by least squares to the background pixels (farther than ``bg_radius`` from the box centre)
+  and subtracted, then the image is divided by the standard deviation of the background, so
+  the background has mean 0 and standard deviation 1.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from cryoflow.optics import ctf_values
+
+#: Box = this many particle diameters, rounded up to an FFT-friendly even size.
+BOX_FACTOR = 1.5
+#: Background circle diameter as a fraction of the box (RELION's default bg_radius = 0.75 * box / 2).
+BG_DIAMETER_FRACTION = 0.75
+
+
+def fft_friendly(n: int) -> int:
+    """The smallest even integer >= ``n`` whose only prime factors are 2, 3 and 5."""
+    m = max(2, int(math.ceil(n)))
+    m += m % 2
+    while True:
+        r = m
+        for p in (2, 3, 5):
+            while r % p == 0:
+                r //= p
+        if r == 1:
+            return m
+        m += 2
+
+
+def auto_box(diameter_A: float, pixel_size_A: float, factor: float = BOX_FACTOR) -> int:
+    """Box size in pixels of ``pixel_size_A`` for a particle of ``diameter_A``: ``factor`` x diameter, FFT-friendly."""
+    return fft_friendly(factor * diameter_A / pixel_size_A)
+
+
+def window_size(box: int, binning: float) -> int:
+    """Full-resolution window (pixels of the micrograph) that bins to ``box`` pixels: ``box * binning`` rounded to even."""
+    return max(2, 2 * int(round(box * binning / 2)))
+
+
+def box_starts(coords: torch.Tensor, size: int) -> torch.Tensor:
+    """First pixel of the box of each coordinate (``(N,)`` float pixels) for a box of ``size``: ``round(c) - size // 2``."""
+    return torch.floor(coords + 0.5).long() - size // 2
+
+
+def inside(x0: torch.Tensor, y0: torch.Tensor, size: int, shape: tuple[int, int]) -> torch.Tensor:
+    """``(N,)`` bool: the box starting at ``(y0, x0)`` lies entirely inside an image of ``shape`` ``(H, W)``."""
+    h, w = shape
+    return (x0 >= 0) & (y0 >= 0) & (x0 + size <= w) & (y0 + size <= h)
+
+
+def gather_boxes(image: torch.Tensor, y0: torch.Tensor, x0: torch.Tensor, size: int) -> torch.Tensor:
+    """Cut ``(N, size, size)`` boxes from ``image`` ``(H, W)`` with one indexing op.
+
+    ``y0, x0``: ``(N,)`` long, first row / column of each box (boxes must lie inside the image).
+    The image is viewed as all its ``size``² windows (``unfold``, no copy) and the wanted ones
+    are gathered at once.
+    """
+    windows = image.unfold(0, size, 1).unfold(1, size, 1)  # (H - size + 1, W - size + 1, size, size) view
+    return windows[y0.to(image.device), x0.to(image.device)]
+
+
+def fourier_crop(spectrum: torch.Tensor, size: int, box: int) -> torch.Tensor:
+    """Crop an ``rfft2`` spectrum ``(N, size, size // 2 + 1)`` to ``(N, box, box // 2 + 1)`` (Fourier binning).
+
+    Keeps the frequencies below the new Nyquist; values are scaled by ``(box / size)²`` so that
+    ``irfft2`` of the result keeps the real-space mean (binning by ``size / box``).
+    """
+    if box == size:
+        return spectrum
+    h = box // 2
+    rows = torch.cat([spectrum[:, :h], spectrum[:, size - h :]], dim=1)
+    return rows[..., : h + 1] * ((box / size) ** 2)
+
+
+def ctf_sign(
+    size: int,
+    pixel_size: float,
+    defocus_u: torch.Tensor | float,
+    defocus_v: torch.Tensor | float,
+    defocus_angle: torch.Tensor | float,
+    voltage: float,
+    cs: float,
+    amplitude_contrast: float,
+    phase_shift: torch.Tensor | float = 0.0,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """``sign(CTF)`` on the ``rfft2`` grid of a ``size``² box: ``(N, size, size // 2 + 1)`` float32.
+
+    Defocus U/V in Å (positive underfocus), angle and phase shift in degrees: ``(N,)`` tensors
+    (one set per particle) or numbers (one for all, ``N`` = 1, broadcasting over a batch);
+    voltage kV, cs mm, pixel size Å. Zeros of the CTF get +1.
+    """
+    ky = torch.fft.fftfreq(size, d=pixel_size, device=device, dtype=torch.float64)[:, None]
+    kx = torch.fft.rfftfreq(size, d=pixel_size, device=device, dtype=torch.float64)[None, :]
+    per = lambda v: torch.as_tensor(v, dtype=torch.float64, device=device).reshape(-1, 1, 1)  # noqa: E731
+    ctf = ctf_values(
+        ky, kx, per(defocus_u), per(defocus_v), per(defocus_angle), voltage, cs, amplitude_contrast, per(phase_shift)
+    )
+    return torch.where(ctf < 0, -1.0, 1.0).to(torch.float32)
+
+
+def background_mask(box: int, bg_radius: float, device=None) -> torch.Tensor:
+    """``(box, box)`` bool: pixels farther than ``bg_radius`` (pixels) from the box centre ``(box // 2, box // 2)``."""
+    r = torch.arange(box, device=device, dtype=torch.float32) - box // 2
+    return (r[:, None] ** 2 + r[None, :] ** 2) > bg_radius**2
+
+
+def normalize_background(images: torch.Tensor, bg_radius: float, ramp: bool = True, scale: float = 1.0) -> torch.Tensor:
+    """Zero mean, unit standard deviation in the background ring, as RELION normalizes.
+
+    ``images``: ``(N, B, B)``; ``bg_radius``: pixels. With ``ramp`` a plane ``a + b x + c y`` is
+    fitted to each image's background by least squares and subtracted; without it only the
+    background mean is. The result is multiplied by ``scale`` (-1 inverts the contrast).
+    Batched as matrix products: moments ``(N, 3)``, a 3 x 3 solve, one ``addmm``. Images whose
+    background is flat (std 0) come out as zeros.
+    """
+    n, box, _ = images.shape
+    dtype, device = images.dtype, images.device
+    mask = background_mask(box, bg_radius, device).reshape(-1).to(dtype)  # (B²,)
+    r = torch.arange(box, device=device, dtype=dtype) - box // 2
+    yy, xx = torch.meshgrid(r, r, indexing="ij")
+    ones = torch.ones(box * box, device=device, dtype=dtype)
+    design = torch.stack([ones, xx.reshape(-1), yy.reshape(-1)], dim=1) if ramp else ones[:, None]  # (B², k)
+    weighted = design * mask[:, None]
+    gram = (weighted.T.double() @ design.double()).inverse().to(dtype)  # (k, k)
+    flat = images.reshape(n, -1)
+    coeffs = (flat @ weighted) @ gram  # (N, k) least-squares fit on the background
+    flat = torch.addmm(flat, coeffs, design.T, alpha=-1)  # minus the fitted background
+    var = (flat * flat) @ mask / max(float(mask.sum()) - design.shape[1], 1.0)
+    factor = torch.where(var > 0, scale / var.clamp_min(1e-30).sqrt(), 0.0)
+    return flat.mul_(factor[:, None]).reshape(n, box, box)
+
+
+def process_boxes(
+    boxes: torch.Tensor,
+    box: int,
+    bg_radius: float,
+    flip_sign: torch.Tensor | None = None,
+    ramp: bool = True,
+) -> torch.Tensor:
+    """Invert contrast, phase flip, Fourier-bin and normalize a batch of full-resolution boxes.
+
+    ``boxes``: ``(N, S, S)`` as cut from the micrograph (particles dark); ``box``: output size
+    (``S`` for no binning); ``flip_sign``: ``(N, S, S // 2 + 1)`` from :func:`ctf_sign` or
+    ``None``; ``bg_radius`` in output pixels. Returns ``(N, box, box)`` float32, particles
+    white. One batched ``rfft2``/``irfft2`` pair, only when binning or flipping.
+    """
+    size = boxes.shape[-1]
+    images = boxes.float()
+    if box != size or flip_sign is not None:
+        spectrum = torch.fft.rfft2(images)
+        if flip_sign is not None:
+            spectrum = spectrum * flip_sign
+        images = torch.fft.irfft2(fourier_crop(spectrum, size, box), s=(box, box))
+    return normalize_background(images, bg_radius, ramp=ramp, scale=-1.0)  # inverted: particles white

@@ -1,0 +1,264 @@
+"""cryoflow extract: particles cut at the simulator's true positions, measured against the truth."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import mrcfile
+import numpy as np
+import pandas as pd
+import pytest
+import starfile
+import torch
+
+from cryoflow.io import StarTable, make_optics, open_stack, read_table, write_blocks, write_mrc, write_table
+from cryoflow.picking.extract import run_extract, stack_name
+from cryoflow.picking.extract_bench import centre_offset, expected_drops
+from cryoflow.picking.particle_images import BG_DIAMETER_FRACTION, auto_box, background_mask, fft_friendly
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from cryoflow.simulate import simulate_dataset
+
+    return simulate_dataset(tmp_path_factory.mktemp("tiny") / "data", preset="tiny", seed=2).path
+
+
+@pytest.fixture(scope="module")
+def truth_run(tiny, tmp_path_factory):
+    out = tmp_path_factory.mktemp("extract") / "out"
+    summary = run_extract(
+        tiny / "truth/micrographs_truth.star", tiny / "truth/particles_truth.star", out, diameter=120, phase_flip=True
+    )
+    return out, summary
+
+
+def _images(out):
+    table = read_table(out / "particles.star", "particles").table
+    stacks = {}
+    for rel in {n.split("@", 1)[1] for n in table["rlnImageName"]}:
+        with open_stack(out / rel) as s:
+            stacks[rel] = s[:]
+    index = table["rlnImageName"].str.split("@", n=1)
+    images = np.stack([stacks[p][int(i) - 1] for i, p in zip(index.str[0], index.str[1], strict=True)])
+    return table, images
+
+
+def test_fft_friendly_box_rule():
+    assert [fft_friendly(n) for n in (7, 61, 98, 161, 257)] == [8, 64, 100, 162, 270]
+    assert auto_box(120, 3.0) == 60  # 1.5 x 40 px
+    assert auto_box(150, 0.83) == 288  # 271.1 -> 288 = 2^5 3^2
+
+
+def test_truth_extraction_quality(tiny, truth_run):
+    out, summary = truth_run
+    truth = read_table(tiny / "truth/particles_truth.star", "particles").table
+    table, images = _images(out)
+    box = summary["box"]
+    assert box == 60 and images.shape[1:] == (box, box) and images.dtype == np.float32
+    # every truth row is either extracted or dropped at an edge, exactly as geometry says
+    expected = expected_drops(truth, summary["window"], (256, 256))
+    assert summary["dropped_at_edges"] == expected > 0
+    assert summary["n_particles"] == len(truth) - expected == len(table)
+    # background ring: mean 0, std 1 per particle
+    bg = images[:, background_mask(box, BG_DIAMETER_FRACTION * box / 2).numpy()]
+    assert np.abs(bg.mean(1)).max() < 1e-4
+    assert np.abs(bg.std(1, ddof=3) - 1).max() < 1e-3
+    # truth columns carried; the average of one species is centred and white in the middle
+    assert {"cfSpecies", "cfIsJunk", "cfDiameter"} <= set(table.columns)
+    species = (table["cfSpecies"] == "7DDO") & (table["cfIsJunk"] == 0)
+    assert species.sum() >= 10
+    average = images[species.to_numpy()].mean(0)
+    assert centre_offset(average) < 1.0
+    c = box // 2
+    assert average[c - 3 : c + 4, c - 3 : c + 4].mean() > 0.3  # particles white, well above the background (0)
+    assert summary["phase_flipped"] and summary["diameter_A"] == 120
+
+
+def test_star_roundtrip_and_stacks(truth_run):
+    out, summary = truth_run
+    star = read_table(out / "particles.star", "particles")
+    optics = star.optics.iloc[0]
+    assert optics["rlnImageSize"] == summary["box"] and optics["rlnImageDimensionality"] == 2
+    assert optics["rlnImagePixelSize"] == pytest.approx(3.0) and optics["rlnCtfDataArePhaseFlipped"] == 1
+    for column in ("rlnOpticsGroupName", "rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast"):
+        assert column in star.optics
+    for column in ("rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle", "rlnPhaseShift", "rlnCoordinateX"):
+        assert column in star.table
+    blocks = starfile.read(out / "particles.star", always_dict=True)
+    assert set(blocks) == {"optics", "particles"} and len(blocks["particles"]) == summary["n_particles"]
+    first = star.table["rlnImageName"].iloc[0]
+    assert first.startswith("000001@Particles/") and first.endswith(".mrcs")
+    assert first.split("@")[1] == stack_name(star.table["rlnMicrographName"].iloc[0])
+    with mrcfile.open(out / first.split("@")[1]) as mrc:
+        assert mrc.data.dtype == np.float32 and mrc.voxel_size.x == pytest.approx(3.0)
+    saved = json.loads((out / "summary.json").read_text())
+    assert saved["n_particles"] == summary["n_particles"] and (out / "report.html").is_file()
+
+
+def test_cryosparc_export(truth_run, shared_data):
+    out, summary = truth_run
+    cs = np.load(out / "particles.cs")
+    star = read_table(out / "particles.star", "particles").table
+    assert len(cs) == len(star) and len(np.unique(cs["uid"])) == len(cs)
+    real = np.load(shared_data / "star/empiar_10076_7.cs")
+    extracted = np.load(shared_data / "star/cryosparc_P12_J24_001_particles.cs")
+    for reference in (real, extracted):
+        for name in reference.dtype.names:
+            if name.startswith(("blob/", "ctf/")) and name != "blob/import_sig" or name == "uid":
+                assert name in cs.dtype.names, name
+                ours, theirs = cs.dtype[name], reference.dtype[name]
+                assert ours.kind == theirs.kind and ours.shape == theirs.shape, name
+                if ours.kind != "S":
+                    assert ours == theirs, name
+    assert "blob/import_sig" in cs.dtype.names
+    assert np.array_equal(cs["blob/idx"], star["rlnImageName"].str.split("@").str[0].astype(int) - 1)
+    assert np.allclose(cs["ctf/df_angle_rad"], np.deg2rad(star["rlnDefocusAngle"]), atol=1e-6)
+    assert np.allclose(cs["ctf/df1_A"], star["rlnDefocusU"]) and np.all(cs["blob/shape"] == summary["box"])
+    assert np.allclose(cs["location/center_x_frac"] * 256, star["rlnCoordinateX"], atol=1e-3)
+    assert cs["blob/path"][0].decode() == star["rlnImageName"].iloc[0].split("@")[1]
+
+
+def test_binning_halves_box_and_keeps_field(tiny, tmp_path):
+    mics, picks = tiny / "truth/micrographs_truth.star", tiny / "truth/particles_truth.star"
+    full = run_extract(mics, picks, tmp_path / "b1", box=64, report=False)
+    half = run_extract(mics, picks, tmp_path / "b2", box=32, binning=2, report=False)
+    assert half["window"] == full["window"] == 64 and half["box"] == 32
+    assert half["pixel_size"] == pytest.approx(6.0) and full["pixel_size"] == pytest.approx(3.0)
+    with mrcfile.open(next((tmp_path / "b2/Particles").rglob("*.mrcs"))) as mrc:
+        assert mrc.voxel_size.x == pytest.approx(6.0)
+    _, a = _images(tmp_path / "b1")
+    _, b = _images(tmp_path / "b2")
+    assert a.shape[0] == b.shape[0] and b.shape[1:] == (32, 32)
+    # the binned image is the unbinned one sampled every other pixel (same centre), once both are low-passed
+    from scipy.ndimage import gaussian_filter
+
+    smooth_a = gaussian_filter(a, (0, 2.0, 2.0), mode="wrap")[:, ::2, ::2]
+    smooth_b = gaussian_filter(b, (0, 1.0, 1.0), mode="wrap")
+    r = [np.corrcoef(p.ravel(), q.ravel())[0, 1] for p, q in zip(smooth_a, smooth_b, strict=True)]
+    assert np.median(r) > 0.95
+
+
+def _synthetic(tmp_path, n_side=5, size=320, apix=2.0, defocus=12000.0):
+    """A micrograph of Gaussian blobs (positive density) imaged as RELION's model says: -CTF ⊗ blobs, particles dark."""
+    from cryoflow.optics import ctf_values
+
+    centres = [(40 + 60 * i + 0.0, 40 + 60 * j + 0.0) for i in range(n_side) for j in range(n_side)]
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+    density = sum(np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * 3.0**2)) for x, y in centres)
+    ky = torch.fft.fftfreq(size, d=apix, dtype=torch.float64)[:, None]
+    kx = torch.fft.rfftfreq(size, d=apix, dtype=torch.float64)[None, :]
+    ctf = ctf_values(ky, kx, defocus, defocus - 300, 30.0, 300.0, 2.7, 0.07).numpy()
+    image = 10.0 - np.fft.irfft2(np.fft.rfft2(density) * ctf, s=(size, size))
+    write_mrc(tmp_path / "mic.mrc", image.astype(np.float32), apix)
+    mics = pd.DataFrame(
+        {"rlnMicrographName": ["mic.mrc"], "rlnOpticsGroup": [1], "rlnDefocusU": [defocus]}
+        | {"rlnDefocusV": [defocus - 300], "rlnDefocusAngle": [30.0]}
+    )
+    write_table(tmp_path / "mics.star", StarTable(make_optics(apix, 300, 2.7, 0.07), mics, "micrographs"))
+    coords = pd.DataFrame({"rlnCoordinateX": [c[0] for c in centres], "rlnCoordinateY": [c[1] for c in centres]})
+    write_blocks(tmp_path / "mic_coords.star", {"": coords})
+    index = pd.DataFrame({"rlnMicrographName": ["mic.mrc"], "rlnMicrographCoordinates": ["mic_coords.star"]})
+    write_blocks(tmp_path / "coordinates.star", {"coordinate_files": index})
+    return ctf
+
+
+def test_phase_flip_makes_spectrum_positive(tmp_path):
+    from cryoflow.optics import ctf_values
+
+    _synthetic(tmp_path)
+    spectra = {}
+    for flip in (False, True):
+        run_extract(tmp_path / "mics.star", tmp_path, tmp_path / f"out{flip}", box=64, phase_flip=flip, report=False)
+        _, images = _images(tmp_path / f"out{flip}")
+        assert len(images) == 25
+        average = images.mean(0)
+        spectra[flip] = np.fft.rfft2(np.fft.ifftshift(average)).real  # centred at box // 2: real spectrum
+    ky = torch.fft.fftfreq(64, d=2.0, dtype=torch.float64)[:, None]
+    kx = torch.fft.rfftfreq(64, d=2.0, dtype=torch.float64)[None, :]
+    ctf = ctf_values(ky, kx, 12000.0, 11700.0, 30.0, 300.0, 2.7, 0.07).numpy()
+    k = np.sqrt(ky.numpy() ** 2 + kx.numpy() ** 2)
+    band = (np.abs(ctf) > 0.5) & (k > 0.02) & (k < 0.12)  # clear of zeros, below the blob's fall-off
+    assert (ctf[band] < 0).sum() > 20 and (ctf[band] > 0).sum() > 20
+    signed = np.sign(spectra[False][band]) * np.sign(ctf[band])
+    assert (signed > 0).mean() > 0.95  # unflipped: the spectrum follows the CTF (images are CTF ⊗ particle)
+    assert (spectra[True][band] > 0).mean() > 0.95  # flipped: positive everywhere
+
+
+def test_pick_folder_names_and_auto_box(tmp_path, capsys):
+    _synthetic(tmp_path)
+    # a pick folder: coordinates.star naming the micrograph by base name only, an unknown micrograph, diameter_A
+    folder = tmp_path / "pick"
+    folder.mkdir()
+    coords = starfile.read(tmp_path / "mic_coords.star")
+    coords["rlnAutopickFigureOfMerit"] = np.linspace(0, 1, len(coords))
+    coords["cfScore"] = 1.0
+    write_blocks(folder / "m.star", {"": coords})
+    write_blocks(folder / "other.star", {"": coords.iloc[:3]})
+    index = pd.DataFrame(
+        {
+            "rlnMicrographName": ["Movies/mic.tiff", "Movies/unknown.tiff"],
+            "rlnMicrographCoordinates": ["m.star", "other.star"],
+        }
+    )
+    write_blocks(folder / "coordinates.star", {"coordinate_files": index})
+    (folder / "summary.json").write_text(json.dumps({"diameter_A": 60.0}))
+    s = run_extract(tmp_path / "mics.star", folder, tmp_path / "out", report=False)
+    assert s["box"] == 48 and s["diameter_A"] == 60.0  # 1.5 x 30 px = 45 -> 48
+    assert s["unmatched_coordinates"] == 3 and "unknown" in capsys.readouterr().err
+    table = read_table(tmp_path / "out/particles.star", "particles").table
+    assert len(table) == 25 and np.allclose(table["rlnAutopickFigureOfMerit"], coords["rlnAutopickFigureOfMerit"])
+    assert (table["cfScore"] == 1.0).all()
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("odd_box", "even number"),
+        ("bin", "--bin"),
+        ("no_diameter", "no box size"),
+        ("no_match", "no coordinate matches"),
+        ("missing_column", "rlnDefocusU"),
+        ("nonempty_out", "not empty"),
+        ("huge_box", "larger than"),
+    ],
+)
+def test_bad_input(cli, tmp_path, case, message):
+    _synthetic(tmp_path)
+    mics, out = tmp_path / "mics.star", tmp_path / "out"
+    args = ["extract", "--micrographs", mics, "--coordinates", tmp_path, "--out", out, "--box", "64"]
+    if case == "odd_box":
+        args[-1] = "63"
+    elif case == "bin":
+        args += ["--bin", "0.5"]
+    elif case == "no_diameter":
+        args = args[:-2]
+    elif case == "huge_box":
+        args[-1] = "400"
+    elif case == "no_match":
+        index = pd.DataFrame({"rlnMicrographName": ["x.mrc"], "rlnMicrographCoordinates": ["mic_coords.star"]})
+        write_blocks(tmp_path / "coordinates.star", {"coordinate_files": index})
+    elif case == "missing_column":
+        star = read_table(mics, "micrographs")
+        write_table(mics, StarTable(star.optics, star.table.drop(columns=["rlnDefocusU"]), "micrographs"))
+    elif case == "nonempty_out":
+        out.mkdir()
+        (out / "keep.txt").write_text("mine")
+    result = cli(*args)
+    assert result.code == 2 and message in result.err and len(result.err.strip().splitlines()) == 1
+    if case == "nonempty_out":
+        assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+    else:
+        assert not out.exists()
+    assert not list(tmp_path.glob(".out.*"))  # no temporary folder left
+
+
+def test_deterministic_cs(tmp_path):
+    _synthetic(tmp_path)
+    for name in ("a", "b"):
+        run_extract(tmp_path / "mics.star", tmp_path, tmp_path / name, box=64, report=False, seed=5)
+    a, b = np.load(tmp_path / "a/particles.cs"), np.load(tmp_path / "b/particles.cs")
+    assert a.tobytes() == b.tobytes()
+    assert (tmp_path / "a/particles.star").read_bytes() == (tmp_path / "b/particles.star").read_bytes()
+    assert math.isclose(float(a["blob/psize_A"][0]), 2.0)
