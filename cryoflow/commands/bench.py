@@ -17,9 +17,9 @@ import importlib
 
 from cryoflow.errors import CryoflowError
 
-STEPS = ["simulate", "ctf", "micassess", "extract"]
+STEPS = ["simulate", "ctf", "micassess", "pick", "extract"]
 # steps whose benchmark module is not cryoflow.<step>.bench
-MODULES = {"extract": "cryoflow.picking.extract_bench"}
+MODULES = {"pick": "cryoflow.picking.pick_bench", "extract": "cryoflow.picking.extract_bench"}
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:

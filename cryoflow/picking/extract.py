@@ -250,7 +250,8 @@ def choose_box(
     )
 
 
-def _micrograph_table(path: Path):
+def micrograph_table(path: Path):
+    """The micrographs STAR (optics + micrographs) with the columns picking and extraction need."""
     from cryoflow.io import read_table, require_columns
 
     mics = read_table(path, "micrographs")
@@ -317,7 +318,7 @@ def run_extract(
         raise CryoflowError(out, "output folder exists and is not empty; choose another --out (nothing was written)")
     device = torch.device(device)
     images = Path(images) if images else None
-    mics = _micrograph_table(star_path)
+    mics = micrograph_table(star_path)
     coords = read_coordinates(coordinates)
     names = [str(n) for n in mics.table["rlnMicrographName"]]
     rows, unmatched = match_micrographs(names, coords.table["rlnMicrographName"])

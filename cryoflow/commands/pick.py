@@ -1,0 +1,59 @@
+"""Pick particles on micrographs, choosing diameter, threshold, distances and exclusions from the data.
+
+Reads a micrographs STAR with CTF columns (micassess's micrographs_good.star or the CTF
+step's micrographs_ctf.star) and writes, into --out, RELION-style coordinate files
+(coordinates/<micrograph>_autopick.star), coordinates.star, summary.json (every chosen
+parameter with its evidence) and report.html. Scores (rlnAutopickFigureOfMerit) are in
+standard deviations of the noise.
+
+Examples::
+
+    cryoflow pick --micrographs run/micassess/micrographs_good.star --out run/pick
+    cryoflow pick --micrographs run/micassess/micrographs_good.star --out run/pick --diameter 140
+    cryoflow pick --micrographs run/ctf/micrographs_ctf.star --out run/pick2 --threshold 6
+    cryoflow extract --micrographs run/micassess/micrographs_good.star --coordinates run/pick --out run/extract
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from cryoflow.device import add_device_argument
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--micrographs", required=True, metavar="STAR", help="micrographs STAR with CTF columns")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder (must not exist or be empty)")
+    parser.add_argument("--diameter", type=float, metavar="Å", help="particle diameter (default: searched)")
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        metavar="SIGMA",
+        help="score threshold in noise standard deviations (default: chosen)",
+    )
+    parser.add_argument(
+        "--images", metavar="DIR", help="folder to look for micrographs whose STAR names do not resolve"
+    )
+    parser.add_argument("--no-report", action="store_true", help="skip report.html (summary.json is still written)")
+    add_device_argument(parser)
+
+
+def main(args: argparse.Namespace) -> int:
+    from cryoflow.device import resolve_device
+    from cryoflow.picking.pick import run_pick
+
+    summary = run_pick(
+        args.micrographs,
+        args.out,
+        diameter=args.diameter,
+        threshold=args.threshold,
+        images=args.images,
+        device=resolve_device(args.device),
+        report=not args.no_report,
+    )
+    print(
+        f"picked {summary['particles']} particles on {summary['micrographs']} micrographs "
+        f"(diameter {summary['diameter_A']:.0f} Å {summary['diameter_source']}, threshold {summary['threshold']:.1f} σ); "
+        f"report: {args.out}/report.html"
+    )
+    return 0

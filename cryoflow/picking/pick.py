@@ -1,0 +1,278 @@
+"""Pick particles on every micrograph of a micrographs STAR, choosing every parameter from the data.
+
+Inputs: ``micrographs_good.star`` (micassess) or ``micrographs_ctf.star`` (ctf): optics +
+micrographs with rlnMicrographName and the CTF (rlnDefocusU/V, rlnDefocusAngle; optional
+rlnPhaseShift). Micrograph files are found as RELION finds them, else under ``images``.
+
+The picker (:mod:`cryoflow.picking.filters`): CTF phase flip, 20 Å low-pass and a
+centre-surround disk filter at the particle's size, scores in noise standard deviations;
+peaks at least :data:`search.MIN_DISTANCE` diameters apart (duplicates), not within
+:data:`search.EDGE_MARGIN` diameters of the edge, not on contamination, carbon, holes or
+thick ice (:mod:`cryoflow.picking.mask`); diameter and threshold chosen from the data
+(:mod:`cryoflow.picking.search`) unless given.
+
+Outputs in ``out`` (built in a temporary folder and renamed when complete):
+
+- ``coordinates/<micrograph name without extension>_autopick.star``: one table
+  (rlnCoordinateX/Y in pixels of the micrograph as stored, x the column, y the row;
+  rlnAutopickFigureOfMerit, the score in noise standard deviations), as RELION's AutoPick
+  writes them, so RELION's Extract and cryoSPARC's import read them;
+- ``coordinates.star``: block ``coordinate_files`` (rlnMicrographName,
+  rlnMicrographCoordinates relative to the pick folder);
+- ``summary.json``: the chosen diameter, threshold, distances and masks, with the evidence
+  (diameter response curve, picks and expected noise picks above each threshold);
+- ``report.html`` + ``figures/``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import pandas as pd
+import torch
+
+from cryoflow.errors import CryoflowError
+from cryoflow.picking import search
+from cryoflow.picking.filters import CtfParams, bin_factor, prepare, score_map
+from cryoflow.picking.mask import exclusion_mask
+from cryoflow.picking.peaks import find_peaks
+
+COORDINATE_DIR = "coordinates"
+COORDINATES_STAR = "coordinates.star"
+#: micrographs (evenly spread over the set) used for the diameter search
+SEARCH_MICROGRAPHS = 4
+#: micrographs shown with their picks in the report
+OVERLAYS = 6
+
+
+@dataclass
+class MicrographPicks:
+    """Candidate picks of one micrograph (positions in micrograph pixels [y, x], scores)."""
+
+    name: str
+    yx: np.ndarray
+    scores: np.ndarray
+    null: np.ndarray
+    excluded: dict[str, float]
+    shape: tuple[int, int]
+    pixel_size: float
+    thumbnail: np.ndarray | None = None
+    thumbnail_bin: int = 1
+    seconds: float = 0.0
+    kept: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+
+
+def coordinate_file(name: str) -> str:
+    """``coordinates/<name without extension>_autopick.star`` (a relative, POSIX path)."""
+    pure = PurePosixPath(str(name).replace("\\", "/"))
+    parts = [p for p in pure.parts if p not in ("/", "..", ".")]
+    stem = PurePosixPath(*parts).with_suffix("") if parts else PurePosixPath("micrograph")
+    return f"{COORDINATE_DIR}/{stem}_autopick.star"
+
+
+def ctf_params(row: pd.Series, optics: pd.Series) -> CtfParams | None:
+    """The CTF of one micrograph row (None when the row has no fit)."""
+    values = [float(row.get(c, np.nan)) for c in ("rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle")]
+    if not np.isfinite(values).all():
+        return None
+    phase = float(row.get("rlnPhaseShift", 0.0))
+    return CtfParams(
+        *values,
+        voltage=float(optics["rlnVoltage"]),
+        cs=float(optics["rlnSphericalAberration"]),
+        amplitude_contrast=float(optics["rlnAmplitudeContrast"]),
+        phase_shift=phase if np.isfinite(phase) else 0.0,
+    )
+
+
+class _Micrographs:
+    """The micrographs of a STAR file: names, pixel sizes, CTFs, and their images on demand."""
+
+    def __init__(self, star_path: Path, images: Path | None):
+        from cryoflow.picking.extract import micrograph_table
+
+        self.star_path = star_path
+        self.images = images
+        self.table = micrograph_table(star_path)
+        self.names = [str(n) for n in self.table.table["rlnMicrographName"]]
+        self.pixel_sizes = np.asarray(self.table.pixel_size(), dtype=float)
+        self.optics = self.table.optics_for_rows()
+        self._bases: list[Path] = []
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def ctf(self, i: int) -> CtfParams | None:
+        return ctf_params(self.table.table.iloc[i], self.optics.iloc[i])
+
+    def image(self, i: int) -> np.ndarray:
+        from cryoflow.io import find_image, read_micrograph
+
+        path = find_image(self.names[i], self.star_path, self.images, self._bases)
+        if not path.is_file():
+            raise CryoflowError(path, f"micrograph {self.names[i]!r} of {self.star_path} not found (use --images DIR)")
+        image, _ = read_micrograph(path, pixel_size=float(self.pixel_sizes[i]))
+        return image
+
+
+def _prepare(mics: _Micrographs, i: int, binning: int, device) -> tuple:
+    image = mics.image(i)
+    with warnings.catch_warnings():  # read-only memory map, never written
+        warnings.simplefilter("ignore", UserWarning)
+        prep = prepare(image, float(mics.pixel_sizes[i]), binning, mics.ctf(i), device=device)
+    return prep, image.shape
+
+
+class _BinnedCache:
+    """Micrograph ``i`` prepared at any bin factor, each computed once."""
+
+    def __init__(self, mics: _Micrographs, i: int, device):
+        self.image, self.apix, self.ctf, self.device = mics.image(i), float(mics.pixel_sizes[i]), mics.ctf(i), device
+        self.cache: dict = {}
+
+    def __call__(self, binning: int):
+        if binning not in self.cache:
+            with warnings.catch_warnings():  # read-only memory map, never written
+                warnings.simplefilter("ignore", UserWarning)
+                self.cache[binning] = prepare(self.image, self.apix, binning, self.ctf, device=self.device)
+        return self.cache[binning]
+
+
+def search_diameter(mics: _Micrographs, device="cpu", n: int = SEARCH_MICROGRAPHS) -> search.DiameterSearch:
+    """The particle diameter from the scale-space response of up to ``n`` micrographs."""
+    picks = np.unique(np.linspace(0, len(mics) - 1, min(n, len(mics))).round().astype(int))
+    curves = [search.scale_response(_BinnedCache(mics, int(i), device), float(mics.pixel_sizes[i])) for i in picks]
+    try:
+        return search.choose_diameter(curves)
+    except ValueError as exc:
+        raise CryoflowError(mics.star_path, f"diameter search failed: {exc}; give --diameter") from None
+
+
+def candidates(mics: _Micrographs, i: int, diameter: float, device="cpu", thumbnail: bool = False) -> MicrographPicks:
+    """Every peak above :data:`search.MIN_THRESHOLD` on micrograph ``i``, with its noise null and mask."""
+    t0 = time.perf_counter()
+    binning = bin_factor(float(mics.pixel_sizes[i]), diameter)
+    prep, shape = _prepare(mics, i, binning, device)
+    d_px = diameter / prep.pixel_size
+    allowed, excluded = exclusion_mask(prep, diameter)
+    z = score_map(prep, diameter)
+    yx, scores = find_peaks(
+        z, search.MIN_DISTANCE * d_px, search.EDGE_MARGIN * d_px, floor=search.MIN_THRESHOLD, mask=allowed
+    )
+    null = search.null_peaks(prep, diameter, seed=i)
+    null = null[null > search.MIN_THRESHOLD]
+    thumb = None
+    if thumbnail:
+        thumb = prep.image.cpu().numpy()
+    return MicrographPicks(
+        name=mics.names[i],
+        yx=prep.to_micrograph(yx),
+        scores=scores,
+        null=null,
+        excluded=excluded,
+        shape=tuple(int(s) for s in shape),
+        pixel_size=float(mics.pixel_sizes[i]),
+        thumbnail=thumb,
+        thumbnail_bin=binning,
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def _coordinate_table(p: MicrographPicks) -> pd.DataFrame:
+    yx = p.yx[p.kept]
+    return pd.DataFrame(
+        {
+            "rlnCoordinateX": np.round(yx[:, 1], 2),
+            "rlnCoordinateY": np.round(yx[:, 0], 2),
+            "rlnAutopickFigureOfMerit": np.round(p.scores[p.kept], 3),
+        }
+    )
+
+
+def run_pick(
+    micrographs: str | os.PathLike,
+    out: str | os.PathLike,
+    diameter: float | None = None,
+    threshold: float | None = None,
+    images: str | os.PathLike | None = None,
+    device: torch.device | str = "cpu",
+    report: bool = True,
+) -> dict:
+    """Pick every micrograph of ``micrographs`` into ``out`` (see the module doc); return the summary.
+
+    ``diameter``: particle diameter in Å (searched when None); ``threshold``: score threshold
+    in noise standard deviations (chosen from the data when None). ``out`` must not exist
+    or be empty.
+    """
+    from cryoflow.io import atomic_dir, write_blocks
+    from cryoflow.progress import progress
+
+    star_path, out = Path(micrographs), Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise CryoflowError(out, "output folder exists and is not empty; choose another --out (nothing was written)")
+    if diameter is not None and not (10 <= diameter <= 2000):
+        raise CryoflowError(None, f"--diameter must be a particle diameter in Å between 10 and 2000, got {diameter:g}")
+    if threshold is not None and not (0 < threshold < 1000):
+        raise CryoflowError(None, f"--threshold must be a positive score (noise standard deviations), got {threshold}")
+    device = torch.device(device)
+    mics = _Micrographs(star_path, Path(images) if images else None)
+    t0 = time.perf_counter()
+
+    evidence = None
+    if diameter is None:
+        evidence = search_diameter(mics, device)
+        diameter = evidence.diameter
+    t_search = time.perf_counter() - t0
+
+    overlay = set(np.linspace(0, len(mics) - 1, min(OVERLAYS, len(mics))).round().astype(int).tolist())
+    picks = [
+        candidates(mics, i, diameter, device, thumbnail=i in overlay)
+        for i in progress(range(len(mics)), desc="pick", unit="mic")
+    ]
+    scores = np.concatenate([p.scores for p in picks]) if picks else np.zeros(0)
+    null = np.concatenate([p.null for p in picks]) if picks else np.zeros(0)
+    choice = search.choose_threshold(scores, null)
+    used = float(threshold) if threshold is not None else choice.threshold
+    for p in picks:
+        p.kept = p.scores >= used
+
+    summary = {
+        "micrographs": len(mics),
+        "particles": int(sum(int(p.kept.sum()) for p in picks)),
+        "diameter_A": float(diameter),
+        "diameter_source": "searched" if evidence else "given",
+        "threshold": used,
+        "threshold_source": "given" if threshold is not None else "chosen",
+        "min_distance_A": round(search.MIN_DISTANCE * diameter, 1),
+        "edge_margin_A": round(search.EDGE_MARGIN * diameter, 1),
+        "picks_per_micrograph": {p.name: int(p.kept.sum()) for p in picks},
+        "excluded_fraction": {p.name: round(p.excluded["dark"] + p.excluded["bright"], 4) for p in picks},
+        "threshold_search": choice.to_dict(),
+        "diameter_search": evidence.to_dict() if evidence else None,
+        "seconds": {
+            "diameter_search": round(t_search, 3),
+            "per_micrograph_median": round(float(np.median([p.seconds for p in picks])), 3) if picks else 0.0,
+            "total": round(time.perf_counter() - t0, 3),
+        },
+    }
+    with atomic_dir(out) as tmp:
+        index = []
+        for p in picks:
+            rel = coordinate_file(p.name)
+            write_blocks(tmp / rel, {"": _coordinate_table(p)})
+            index.append({"rlnMicrographName": p.name, "rlnMicrographCoordinates": rel})
+        write_blocks(tmp / COORDINATES_STAR, {"coordinate_files": pd.DataFrame(index)})
+        if report:
+            from cryoflow.picking.pick_report import write_pick_report
+
+            write_pick_report(tmp, summary, picks, evidence, choice)
+        else:
+            from cryoflow.report.builder import write_summary
+
+            write_summary(tmp / "summary.json", summary)
+    return summary

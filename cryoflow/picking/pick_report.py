@@ -1,0 +1,144 @@
+"""The pick report: picks over micrographs, picks per micrograph, scores and threshold, the diameter search."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from cryoflow.report import Report  # noqa: E402
+from cryoflow.report.builder import contrast_stretch  # noqa: E402
+
+INTRO = (
+    "Picking finds the particles on each micrograph. Every parameter a user would otherwise set by eye "
+    "is chosen from the data here, and this page shows the evidence: the particle diameter (from how "
+    "strongly particles of each size answer a size-tuned filter), the score threshold (from how high pure "
+    "noise scores), the distance under which two picks count as one particle, the margin at the edges, "
+    "and where not to pick at all (contamination, carbon, holes, thick ice). Scores are in standard "
+    "deviations of the noise: a score of 10 means the particle stands out ten times above what noise "
+    "alone gives."
+)
+
+
+def _overlay(ax, p, diameter: float) -> None:
+    ax.imshow(contrast_stretch(p.thumbnail), cmap="gray", vmin=0, vmax=1)
+    b = p.thumbnail_bin
+    r = diameter / 2 / (p.pixel_size * b)
+    for (y, x), keep in zip(p.yx, p.kept, strict=True):
+        colour = "#2ecc40" if keep else "#ff851b"
+        ax.add_patch(plt.Circle(((x + 0.5) / b - 0.5, (y + 0.5) / b - 0.5), r, fill=False, lw=0.8, color=colour))
+    ax.set_axis_off()
+    ax.set_title(f"{Path(p.name).name}: {int(p.kept.sum())} picks", fontsize=7)
+
+
+def write_pick_report(out: Path, summary: dict, picks: list, evidence, choice) -> Path:
+    """Write report.html, figures and summary.json into ``out``."""
+    s = summary
+    report = Report("Particle picking", step="pick", intro=INTRO)
+    ov = report.section("Overview")
+    ov.metric("Particles picked", s["particles"], "", "Picks above the threshold, outside excluded regions.")
+    ov.metric("Micrographs", s["micrographs"], "")
+    counts = np.array(list(s["picks_per_micrograph"].values()) or [0])
+    ov.metric(
+        "Picks per micrograph (median)",
+        float(np.median(counts)),
+        "",
+        "Few picks on a micrograph that "
+        "looked good may mean thick ice or aggregation; many more than the others, junk or crowding.",
+    )
+    ov.metric("Seconds per micrograph (median)", s["seconds"]["per_micrograph_median"], "s")
+
+    par = report.section(
+        "Parameters chosen",
+        "Each value below was chosen from the data unless it says 'given'.",
+    )
+    par.metric(
+        "Particle diameter",
+        s["diameter_A"],
+        "Å",
+        f"{s['diameter_source']}. The filter looks for a dark disk of about 0.6 of this diameter (the dense core of "
+        "a particle after the CTF is corrected and fine detail removed) in a brighter ring.",
+    )
+    par.metric(
+        "Score threshold",
+        s["threshold"],
+        "σ",
+        f"{s['threshold_source']}. Rule: {s['threshold_search']['rule']}. Expected noise picks above it: "
+        f"{s['threshold_search']['expected_noise_picks']:.0f}.",
+    )
+    par.metric(
+        "Minimum distance",
+        s["min_distance_A"],
+        "Å",
+        "Two peaks closer than this are one particle (the weaker is dropped); touching particles are one diameter apart.",
+    )
+    par.metric("Edge margin", s["edge_margin_A"], "Å", "No pick whose centre is closer than this to an edge.")
+    excl = np.array(list(s["excluded_fraction"].values()) or [0.0])
+    par.metric(
+        "Area excluded (mean)",
+        round(100 * float(excl.mean()), 1),
+        "%",
+        "Regions whose intensity differs from the micrograph's by more than 8% (contamination, carbon and thick "
+        "ice are darker, holes brighter), widened by a particle radius.",
+    )
+
+    if evidence is not None:
+        sec = report.section(
+            "Diameter search",
+            "Each candidate diameter is tried as the filter's size on a few micrographs; the response is the mean "
+            "score of the strongest quarter of the peaks. The curve peaks at the particles' size.",
+        )
+        fig, ax = plt.subplots(figsize=(5, 3))
+        d = np.array(evidence.diameters)
+        c = np.array([np.nan if v is None else v for v in evidence.curve])
+        ax.semilogx(d, c, "o-", ms=3)
+        ax.axvline(evidence.diameter, color="C3", ls="--", label=f"chosen {evidence.diameter:.0f} Å")
+        ax.set_xlabel("filter diameter (Å)")
+        ax.set_ylabel("response (σ)")
+        ax.legend(fontsize=8)
+        sec.figure(fig, f"Response against diameter on {evidence.micrographs} micrographs.", name="diameter_search")
+
+    sec = report.section(
+        "Scores and threshold",
+        "Histogram of the scores of every candidate peak, and of the peaks that pure noise gives with the same filter "
+        "on the same micrographs. Above the threshold, noise peaks are rare.",
+    )
+    scores = np.concatenate([p.scores for p in picks]) if picks else np.zeros(0)
+    null = np.concatenate([p.null for p in picks]) if picks else np.zeros(0)
+    fig, ax = plt.subplots(figsize=(5, 3))
+    top = max(float(np.percentile(scores, 99.5)) if len(scores) else 10.0, s["threshold"] + 2)
+    bins = np.linspace(0, top, 60)
+    ax.hist(scores, bins=bins, alpha=0.7, label="candidate peaks")
+    ax.hist(null, bins=bins, alpha=0.6, label="noise peaks (simulated)")
+    ax.axvline(s["threshold"], color="C3", ls="--", label=f"threshold {s['threshold']:.1f}")
+    ax.set_xlabel("score (noise σ)")
+    ax.set_ylabel("peaks")
+    ax.legend(fontsize=8)
+    sec.figure(fig, "Candidate and noise peak scores.", name="scores")
+
+    sec = report.section("Picks per micrograph")
+    fig, ax = plt.subplots(figsize=(6, 2.6))
+    ax.bar(np.arange(len(counts)), counts, width=1.0)
+    ax.set_xlabel("micrograph (input order)")
+    ax.set_ylabel("picks")
+    sec.figure(fig, "Picks on each micrograph.", name="picks_per_micrograph")
+
+    shown = [p for p in picks if p.thumbnail is not None]
+    if shown:
+        sec = report.section(
+            "Picks on micrographs",
+            "Green: picks kept; orange: candidates below the threshold. Circles have the particle diameter.",
+        )
+        cols = 3
+        rows = int(np.ceil(len(shown) / cols))
+        fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 3.3 * rows))
+        for ax in np.atleast_1d(axes).ravel():
+            ax.set_axis_off()
+        for ax, p in zip(np.atleast_1d(axes).ravel(), shown, strict=False):
+            _overlay(ax, p, s["diameter_A"])
+        sec.figure(fig, "Micrographs (binned) with their picks.", name="overlays", dpi=100)
+    return report.write(out, summary)

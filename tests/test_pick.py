@@ -1,0 +1,119 @@
+"""cryoflow pick: picks measured against the simulator's truth; parameters chosen from the data."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from cryoflow.io import read_blocks
+from cryoflow.picking import search
+from cryoflow.picking.filters import CtfParams, prepare, score_map
+from cryoflow.picking.pick import coordinate_file, run_pick
+from cryoflow.picking.pick_bench import score_picks
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """Four all-good micrographs of 512² at 2 Å/px: 7DDO and a 120 Å rod (the tiny preset's species)."""
+    from cryoflow.simulate import simulate_dataset
+
+    folder = tmp_path_factory.mktemp("pick") / "data"
+    return simulate_dataset(
+        folder,
+        preset="tiny",
+        seed=5,
+        n_micrographs=4,
+        squares=("good",),
+        shape=(512, 512),
+        pixel_size=2.0,
+        particles=(30, 40),
+        report=False,
+        workers=1,
+    ).path
+
+
+@pytest.fixture(scope="module")
+def picked(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pick") / "out"
+    summary = run_pick(data / "truth/micrographs_truth.star", out, diameter=115.0)
+    return out, summary
+
+
+def test_picks_match_the_truth(data, picked):
+    out, summary = picked
+    scores = score_picks(out, data, search.EDGE_MARGIN * 115.0 / 2.0)
+    assert scores["f1"] >= 0.85, scores
+    assert scores["background_share"] <= 0.10, scores
+    assert summary["threshold_source"] == "chosen" and summary["threshold"] >= search.MIN_THRESHOLD
+
+
+def test_outputs_are_relion_autopick_files(data, picked):
+    out, summary = picked
+    index = read_blocks(out / "coordinates.star")["coordinate_files"]
+    assert len(index) == 4
+    total = 0
+    for _, row in index.iterrows():
+        assert row["rlnMicrographCoordinates"] == coordinate_file(row["rlnMicrographName"])
+        table = next(iter(read_blocks(out / row["rlnMicrographCoordinates"]).values()))
+        assert {"rlnCoordinateX", "rlnCoordinateY", "rlnAutopickFigureOfMerit"} <= set(table.columns)
+        assert (table["rlnAutopickFigureOfMerit"] >= summary["threshold"]).all()
+        margin = search.EDGE_MARGIN * 115.0 / 2.0
+        assert table["rlnCoordinateX"].between(margin - 1, 511 - margin + 1).all()
+        total += len(table)
+    assert total == summary["particles"]
+    saved = json.loads((out / "summary.json").read_text())
+    assert saved["diameter_A"] == 115.0 and saved["diameter_source"] == "given"
+    assert (out / "report.html").is_file()
+
+
+def test_no_two_picks_closer_than_the_minimum_distance(picked):
+    out, summary = picked
+    index = read_blocks(out / "coordinates.star")["coordinate_files"]
+    for rel in index["rlnMicrographCoordinates"]:
+        table = next(iter(read_blocks(out / rel).values()))
+        xy = table[["rlnCoordinateX", "rlnCoordinateY"]].to_numpy(float)
+        if len(xy) < 2:
+            continue
+        d = np.abs(xy[:, None] - xy[None]).max(-1)  # the peak finder's window is square
+        np.fill_diagonal(d, np.inf)
+        assert d.min() * 2.0 >= summary["min_distance_A"] - 2 * 2.0
+
+
+def test_diameter_search_finds_the_particle_size(data, tmp_path):
+    summary = run_pick(data / "truth/micrographs_truth.star", tmp_path / "out", report=False)
+    assert summary["diameter_source"] == "searched"
+    # the dataset mixes 7DDO (115 Å) and a 120 Å rod
+    assert abs(summary["diameter_A"] / 117.0 - 1) <= 0.25, summary["diameter_A"]
+
+
+def test_scores_are_in_noise_units():
+    """On pure noise the filter's score has unit standard deviation, whatever the noise level."""
+    gen = torch.Generator().manual_seed(0)
+    for level in (10.0, 100.0):
+        image = level + np.sqrt(level) * torch.randn((512, 512), generator=gen).numpy()
+        prep = prepare(image, 2.0, 1, CtfParams(15000.0, 15000.0, 0.0, 300.0, 2.7, 0.07))
+        assert abs(float(score_map(prep, 120.0).std()) - 1.0) < 0.1
+
+
+def test_threshold_rule_on_known_scores():
+    rng = np.random.default_rng(0)
+    null = rng.normal(0, 1, 5000)
+    particles = rng.normal(12, 2, 300)
+    choice = search.choose_threshold(np.concatenate([particles, rng.normal(0, 1, 5000)]), null)
+    assert 3.0 <= choice.threshold <= 4.5
+    assert choice.expected_false <= 0.02 * 300 + 1
+
+
+def test_bad_input(data, tmp_path, cli):
+    star = data / "truth/micrographs_truth.star"
+    res = cli("pick", "--micrographs", star, "--out", tmp_path / "a", "--diameter", "-5")
+    assert res.code == 2 and "--diameter" in res.err and not (tmp_path / "a").exists()
+    res = cli("pick", "--micrographs", tmp_path / "missing.star", "--out", tmp_path / "b")
+    assert res.code == 2 and "missing.star" in res.err and not (tmp_path / "b").exists()
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "keep.txt").write_text("mine")
+    res = cli("pick", "--micrographs", star, "--out", tmp_path / "c", "--diameter", "115")
+    assert res.code == 2 and (tmp_path / "c" / "keep.txt").read_text() == "mine"
