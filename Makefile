@@ -1,6 +1,7 @@
 # cryoflow: the two commands a fresh machine needs.
 #   make demo   simulate the demo dataset and run the pipeline on it (report in demo_run/index.html)
 #   make test   run the test suite (ruff + pytest)
+#   make image  build the container image cryoflow:cpu (podman + debootstrap, as root)
 # Both create the virtual environment (.venv) when missing.
 
 PYTHON ?= python3
@@ -11,7 +12,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.cryoflow-installed
 
-.PHONY: demo test install lint clean-demo
+.PHONY: demo test install lint clean-demo image
 
 install: $(STAMP)
 
@@ -35,3 +36,7 @@ lint: $(STAMP)
 
 clean-demo:
 	rm -rf demo_run
+
+# the container image the CWL tools name (cryoflow:cpu), with podman, as root: docker/README.md
+image: $(STAMP)
+	docker/build.sh

@@ -25,19 +25,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+from cryoflow.cwl import workflows_dir
+from cryoflow.cwl.runner import CWLTOOL, ENGINES, container_setup, cwltool_env
 from cryoflow.errors import CryoflowError
-
-# the repository's workflows/ folder (present in a source checkout or an editable install)
-WORKFLOWS = Path(__file__).resolve().parents[2] / "workflows"
-ENGINES = ("docker", "podman", "singularity", "apptainer")
-# cwltool in this Python. Not `python -m cwltool`: its __main__ drops the exit status, so a
-# failed run or an invalid workflow would end with status 0.
-CWLTOOL = [sys.executable, "-c", "import sys; from cwltool.main import run; sys.exit(run(sys.argv[1:]))"]
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -67,10 +61,10 @@ def find_workflow(job: Path, workflow: str | None) -> Path:
     for suffix in (".job.yml", ".job.yaml", ".job.json"):
         if name.endswith(suffix):
             stem = name[: -len(suffix)]
-            for candidate in (job.parent / f"{stem}.cwl", WORKFLOWS / f"{stem}.cwl"):
+            for candidate in (job.parent / f"{stem}.cwl", workflows_dir() / f"{stem}.cwl"):
                 if candidate.is_file():
                     return candidate
-            raise CryoflowError(job, f"no workflow {stem}.cwl beside it or in {WORKFLOWS}; give --workflow")
+            raise CryoflowError(job, f"no workflow {stem}.cwl beside it or in {workflows_dir()}; give --workflow")
     raise CryoflowError(job, "which workflow? give --workflow W.cwl (or name the job file NAME.job.yml)")
 
 
@@ -89,20 +83,9 @@ def check_job(job: Path) -> None:
         raise CryoflowError(job, "a job file maps the workflow's input names to values; this one is a list or scalar")
 
 
-def container_args(choice: str | None) -> list[str]:
-    """cwltool's flags for the container choice (``None``: no container)."""
-    if choice is None:
-        return ["--no-container"]
-    engines = ENGINES if choice == "auto" else (choice,)
-    for engine in engines:
-        if shutil.which(engine):
-            return {"docker": [], "podman": ["--podman"]}.get(engine, ["--singularity"])
-    raise CryoflowError(None, f"--container: no container engine found on PATH (looked for {', '.join(engines)})")
-
-
-def cwltool_command(args: argparse.Namespace, workflow: Path, job: Path, out: Path) -> list[str]:
-    """The cwltool command line for these options."""
-    cmd = [*CWLTOOL, *container_args(args.container)]
+def cwltool_command(args: argparse.Namespace, workflow: Path, job: Path, out: Path, flags: list[str]) -> list[str]:
+    """The cwltool command line for these options (``flags``: the container choice's)."""
+    cmd = [*CWLTOOL, *flags]
     if args.validate:
         return [*cmd, "--validate", str(workflow), str(job)]
     cmd += ["--outdir", str(out), "--tmpdir-prefix", str(out / ".tmp") + os.sep]
@@ -121,8 +104,9 @@ def main(args: argparse.Namespace) -> int:
     if not args.validate:
         out.mkdir(parents=True, exist_ok=True)
     # the tools call `cryoflow`: the one beside this Python comes first on PATH
-    env = dict(os.environ, PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
-    cmd = cwltool_command(args, workflow, job, out)
+    flags, extra_path = container_setup(args.container, out / ".cwl-bin", image=None)
+    env = cwltool_env(extra_path)
+    cmd = cwltool_command(args, workflow, job, out, flags)
     print(f"[run] {workflow} with {job}" + ("" if args.validate else f" -> {out}/"), file=sys.stderr)
     # cwltool logs to stderr (shown as it goes) and prints the output object on stdout
     try:

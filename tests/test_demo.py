@@ -1,0 +1,243 @@
+"""cryoflow demo: simulate + workflows/preprocess.cwl through cwltool into one run folder, the index.
+
+Fast tests cover the parts (cwltool log timings, output placement, the index over any set of
+step folders, errors); the slow ones run the demo on the tiny preset through cwltool, re-run it
+(everything from cache), and open the index and every step report in headless Chromium: every
+image loads, no console error, no request leaves the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from cryoflow.cli import main
+from cryoflow.cwl.runner import parse_log
+from cryoflow.report import write_index
+from cryoflow.report.index import stage_counts
+
+ROOT = Path(__file__).resolve().parents[1]
+RENDER = ROOT / "rabix" / "render"
+NODE = shutil.which("node")
+CHROMIUM = Path("/usr/bin/chromium")
+
+LOG = """\
+\x1b[32m[2026-11-22 04:33:36]\x1b[0m \x1b[1;30mINFO\x1b[0m [workflow ] start
+[2026-11-22 04:33:36] INFO [step ctf] start
+[2026-11-22 04:33:36] INFO [job ctf] Output of job will be cached in /c/b75a
+[2026-11-22 04:33:45] INFO [job ctf] Max memory used: 467MiB
+[2026-11-22 04:33:45] INFO [job ctf] completed success
+[2026-11-22 04:33:45] INFO [step ctf] completed success
+[2026-11-22 04:33:45] INFO [step pick] start
+[2026-11-22 04:33:45] INFO [job pick_2] Using cached output in /c/eedd
+[2026-11-22 04:33:46] INFO [step pick] completed success
+[2026-11-22 04:33:46] INFO [step extract] start
+[2026-11-22 04:34:06] WARNING [step extract] completed permanentFail
+"""
+
+
+def test_step_timings_from_cwltool_log():
+    steps = parse_log(LOG.splitlines())
+    assert list(steps) == ["ctf", "pick", "extract"]
+    assert steps["ctf"]["seconds"] == 9 and steps["ctf"]["status"] == "success"
+    assert steps["ctf"]["max_memory_mib"] == 467
+    assert steps["pick"]["status"] == "cached"  # a scattered job (pick_2) counts for its step
+    assert steps["extract"] == {**steps["extract"], "seconds": 20, "status": "failed"}
+
+
+def test_stage_counts():
+    assert stage_counts({"stage": {"micrographs": 12, "particles": 3400}, "good": 1}) == (12, 3400)
+    assert stage_counts({"n_micrographs": 30, "n_particles": 900}) == (30, 900)
+    assert stage_counts({"micrographs": 30, "fitted": 29}) == (29, None)
+    assert stage_counts({"micrographs": 30, "good": 22, "rejected": 8}) == (22, None)
+    assert stage_counts({"error": "x"}) == (None, None)
+
+
+def fake_step(run: Path, folder: str, summary: dict) -> None:
+    (run / folder).mkdir(parents=True)
+    (run / folder / "report.html").write_text(f"<!doctype html><title>{folder}</title><p>{folder}</p>")
+    (run / folder / "summary.json").write_text(json.dumps({"step": folder, **summary}))
+
+
+def test_index_lists_whatever_steps_exist(tmp_path):
+    """A step the index has never heard of (classify2d here) is listed like the others, with its time."""
+    run = tmp_path / "run"
+    fake_step(run, "simulate", {"n_micrographs": 30, "n_particles": 1200})
+    fake_step(run, "micassess", {"micrographs": 30, "good": 22})
+    fake_step(run, "classify2d", {"stage": {"particles": 950}, "classes": 20})
+    (run / "run.json").write_text(
+        json.dumps(
+            {
+                "workflow": "preprocess",
+                "engine": "no container",
+                "steps": {
+                    "simulate": {"seconds": 40, "status": "success"},
+                    "micassess": {"seconds": 12.4, "status": "cached", "max_memory_mib": 385.0},
+                    "classify2d": {"seconds": 125, "status": "success", "max_memory_mib": 1500.0},
+                    "feedback": {"seconds": 3, "status": "failed"},
+                },
+            }
+        )
+    )
+    html = write_index(run).read_text()
+    for folder in ("simulate", "micassess", "classify2d"):
+        assert f'href="{folder}/report.html"' in html
+    assert html.index("simulate/report.html") < html.index("micassess/report.html") < html.index("classify2d/")
+    assert ">950<" in html and ">22<" in html and ">1200<" in html
+    assert "12 s (cached)" in html and "2 min 05 s" in html and "1500 MiB" in html
+    assert "feedback" in html and "(failed)" in html  # timed, no report: still shown
+    # the workflow's picture (docs/graphs/preprocess.png) is copied beside the index and shown
+    assert (run / "pipeline.png").read_bytes() == (ROOT / "docs" / "graphs" / "preprocess.png").read_bytes()
+    assert 'src="pipeline.png"' in html
+
+
+def test_index_without_run_record(tmp_path):
+    fake_step(tmp_path, "ctf", {"micrographs": 3, "fitted": 3})
+    html = write_index(tmp_path).read_text()
+    assert "ctf/report.html" in html and "<img" not in html
+
+
+def test_place_outputs_moves_step_folders(tmp_path):
+    from cryoflow.commands.demo import place_outputs
+
+    staging, run = tmp_path / "staging", tmp_path / "run"
+    (staging / "pick").mkdir(parents=True)
+    (staging / "pick" / "coordinates.star").write_text("data_\n")
+    (staging / "coordinates.star").write_text("data_\n")
+    (staging / "extra.txt").write_text("x")
+    (run / "pick").mkdir(parents=True)
+    (run / "pick" / "stale.txt").write_text("from an earlier run")
+    entry = {"class": "File", "basename": "coordinates.star", "checksum": "sha1$1"}
+    outputs = {
+        "pick_dir": {
+            "class": "Directory",
+            "basename": "pick",
+            "path": str(staging / "pick"),
+            "listing": [{**entry, "path": str(staging / "pick" / "coordinates.star")}],
+        },
+        "coordinates": {**entry, "path": str(staging / "coordinates.star")},
+        "extra": {"class": "File", "basename": "extra.txt", "checksum": "sha1$2", "path": str(staging / "extra.txt")},
+        "nothing": None,
+    }
+    placed = place_outputs(outputs, run)
+    assert placed == {"pick_dir": "pick", "coordinates": "pick/coordinates.star", "extra": "extra.txt", "nothing": None}
+    assert (run / "pick" / "coordinates.star").is_file() and not (run / "pick" / "stale.txt").exists()
+    assert (run / "extra.txt").read_text() == "x"
+
+
+def test_demo_errors_are_one_line(tmp_path, cli, monkeypatch):
+    afile = tmp_path / "file"
+    afile.write_text("x")
+    result = cli("demo", "--out", afile)
+    assert result.code == 2 and "--out exists and is not a folder" in result.err
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    result = cli("demo", "--out", tmp_path / "run", "--container", "podman")
+    assert result.code == 2 and "no container engine found" in result.err
+    assert not (tmp_path / "run").exists()  # nothing done before the check
+    monkeypatch.undo()
+    fake_step(tmp_path / "run", "simulate", {"preset": "demo", "seed": 0})
+    result = cli("demo", "--out", tmp_path / "run", "--preset", "tiny")
+    assert result.code == 2 and "not --preset tiny --seed 0; give another --out" in result.err
+    assert len(result.err.strip().splitlines()) == 1
+
+
+# --- the demo through cwltool, and its index in Chromium ----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("demo") / "run"
+    assert main(["demo", "--preset", "tiny", "--out", str(run)]) == 0
+    return run
+
+
+@pytest.mark.slow
+def test_demo_runs_the_workflow_and_resumes(demo_run, capsys):
+    run = demo_run
+    info = json.loads((run / "run.json").read_text())
+    assert info["workflow"] == "preprocess" and info["engine"] == "no container"
+    truth = json.loads((run / "simulate" / "summary.json").read_text())
+    ctf = json.loads((run / "ctf" / "summary.json").read_text())
+    micassess = json.loads((run / "micassess" / "summary.json").read_text())
+    # every micrograph simulated went through both steps of the workflow
+    assert ctf["micrographs"] == micassess["micrographs"] == truth["n_micrographs"] == 6
+    assert micassess["good"] + micassess["rejected"] == truth["n_micrographs"]
+    # one run folder, one sub-folder per step, the outputs listed where they now lie
+    outputs = json.loads((run / "outputs.json").read_text())
+    assert outputs["ctf_dir"] == "ctf" and outputs["micrographs_good"] == "micassess/micrographs_good.star"
+    for name in ("ctf", "micassess"):
+        assert info["steps"][name]["status"] == "success" and info["steps"][name]["seconds"] > 0
+    html = (run / "index.html").read_text()
+    for folder in ("simulate", "ctf", "micassess"):
+        assert f'href="{folder}/report.html"' in html
+    assert (run / "pipeline.png").is_file()
+
+    # as if interrupted during micassess: its cache entry, its folder and the index are gone;
+    # a re-run redoes micassess only
+    cached = re.search(r"\[job micassess\] Output of job will be cached in (\S+)", (run / "cwltool.log").read_text())
+    shutil.rmtree(cached.group(1))
+    Path(cached.group(1) + ".status").unlink()
+    shutil.rmtree(run / "micassess")
+    (run / "index.html").unlink()
+    capsys.readouterr()
+    assert main(["demo", "--preset", "tiny", "--out", str(run)]) == 0
+    assert capsys.readouterr().out.strip() == str(run / "index.html")
+    again = json.loads((run / "run.json").read_text())
+    assert again["status"] == "success"
+    assert [again["steps"][s]["status"] for s in ("simulate", "ctf", "micassess")] == ["cached", "cached", "success"]
+    # cached steps keep the time they took when they ran
+    assert again["steps"]["ctf"]["seconds"] == info["steps"]["ctf"]["seconds"]
+    assert (run / "micassess" / "micrographs_good.star").is_file() and (run / "index.html").is_file()
+    redone = json.loads((run / "micassess" / "summary.json").read_text())
+    assert {**redone, "seconds_per_micrograph": 0} == {**micassess, "seconds_per_micrograph": 0}  # same result
+
+
+def check_pages(*pages: Path, follow: bool = False) -> tuple[int, dict]:
+    from test_rabix import npm_ci
+
+    npm_ci(RENDER, "playwright-core")
+    args = [NODE, str(RENDER / "check_page.js"), *map(str, pages)] + (["--follow"] if follow else [])
+    result = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert result.stdout, result.stderr
+    return result.returncode, json.loads(result.stdout)
+
+
+needs_chromium = pytest.mark.skipif(
+    NODE is None or not CHROMIUM.exists(), reason="needs node and Chromium (apt-get install nodejs npm chromium)"
+)
+
+
+@pytest.mark.slow
+@needs_chromium
+def test_index_in_chromium(demo_run):
+    code, report = check_pages(demo_run / "index.html", follow=True)
+    assert code == 0, json.dumps(report, indent=2)
+    pages = {Path(p["page"]).relative_to(demo_run).as_posix(): p for p in report["pages"]}
+    # the index and every step report it links to were opened, each with its images
+    assert set(pages) == {"index.html", "simulate/report.html", "ctf/report.html", "micassess/report.html"}
+    assert pages["index.html"]["images"] == 1  # the pipeline graph
+    assert all(p["images"] > 0 for p in pages.values())
+
+
+@pytest.mark.slow
+@needs_chromium
+def test_page_check_catches_problems(tmp_path):
+    """The check itself: a broken image, a console error and a request to the web are each caught."""
+    (tmp_path / "ok.png").write_bytes((ROOT / "docs" / "graphs" / "preprocess.png").read_bytes())
+    page = tmp_path / "bad.html"
+    page.write_text(
+        "<!doctype html><title>bad</title><img src='ok.png'><img src='missing.png'>"
+        "<img src='http://example.invalid/x.png'><a href='nowhere.html'>x</a>"
+        "<script>console.error('boom')</script>"
+    )
+    code, report = check_pages(page)
+    problems = "\n".join(report["pages"][0]["problems"])
+    assert code == 1
+    assert "missing.png" in problems and "console error: boom" in problems
+    assert "request leaving the machine refused: http://example.invalid/x.png" in problems
+    assert "link to a missing file" in problems and "nowhere.html" in problems
