@@ -159,6 +159,25 @@ def blob_filter(prep: Prepared, diameter: float) -> torch.Tensor:
     return filt
 
 
+def _sphere(k: torch.Tensor, radius: float) -> torch.Tensor:
+    """Fourier transform of the projection of a uniform sphere of ``radius`` Å (1 at k=0)."""
+    a = (2 * math.pi * radius * k).clamp_min(1e-6)
+    return 3 * (torch.sin(a) - a * torch.cos(a)) / a**3
+
+
+def sphere_filter(prep: Prepared, diameter: float) -> torch.Tensor:
+    """Matched filter for a uniform sphere of ``diameter`` Å seen through the micrograph's CTF.
+
+    ``-CTF(k) · S(k)`` with frequencies below ``1/diameter`` cut (ice gradients); used to
+    measure the particle size (:mod:`cryoflow.picking.search`), where its response, unlike
+    the picking filter's, peaks at a fixed fraction of a globular particle's diameter.
+    """
+    filt = -_sphere(prep.k, diameter / 2) * (1 - torch.exp(-((prep.k * diameter) ** 2)))
+    if prep.ctf is not None:
+        filt = filt * prep.ctf
+    return filt
+
+
 def noise_sigma(prep: Prepared, filt: torch.Tensor) -> float:
     """Standard deviation of white shot noise (power ``prep.white``) after ``filt``.
 

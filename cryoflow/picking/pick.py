@@ -8,7 +8,9 @@ The picker (:mod:`cryoflow.picking.filters`): CTF phase flip, 20 Å low-pass and
 centre-surround disk filter at the particle's size, scores in noise standard deviations;
 peaks at least :data:`search.MIN_DISTANCE` diameters apart (duplicates), not within
 :data:`search.EDGE_MARGIN` diameters of the edge, not on contamination, carbon, holes or
-thick ice (:mod:`cryoflow.picking.mask`); diameter and threshold chosen from the data
+thick ice (:mod:`cryoflow.picking.mask`), not scoring more than
+:data:`search.MAX_RELATIVE_SCORE` times the median pick (ice crystals and dense
+contaminants scatter far more than protein); diameter and threshold chosen from the data
 (:mod:`cryoflow.picking.search`) unless given.
 
 Outputs in ``out`` (built in a temporary folder and renamed when complete):
@@ -19,7 +21,10 @@ Outputs in ``out`` (built in a temporary folder and renamed when complete):
   writes them, so RELION's Extract and cryoSPARC's import read them;
 - ``coordinates.star``: block ``coordinate_files`` (rlnMicrographName,
   rlnMicrographCoordinates relative to the pick folder);
-- ``summary.json``: the chosen diameter, threshold, distances and masks, with the evidence
+- ``summary.json``: the chosen diameter (``diameter_A``, the particle's largest extent, which
+  sets extraction's box; ``filter_diameter_A``, the size the filter and minimum distance use:
+  the same for a globular particle, nearer the width for an elongated one), threshold,
+  distances and masks, with the evidence
   (diameter response curve, picks and expected noise picks above each threshold);
 - ``report.html`` + ``figures/``.
 """
@@ -146,11 +151,19 @@ class _BinnedCache:
 def search_diameter(mics: _Micrographs, device="cpu", n: int = SEARCH_MICROGRAPHS) -> search.DiameterSearch:
     """The particle diameter from the scale-space response of up to ``n`` micrographs."""
     picks = np.unique(np.linspace(0, len(mics) - 1, min(n, len(mics))).round().astype(int))
-    curves = [search.scale_response(_BinnedCache(mics, int(i), device), float(mics.pixel_sizes[i])) for i in picks]
+    cached = [_BinnedCache(mics, int(i), device) for i in picks]
+    curves = [search.scale_response(c, c.apix) for c in cached]
     try:
-        return search.choose_diameter(curves)
+        result = search.choose_diameter(curves)
     except ValueError as exc:
         raise CryoflowError(mics.star_path, f"diameter search failed: {exc}; give --diameter") from None
+    result.sphere_diameter = result.diameter
+    for c in cached:
+        result.core_axes += search.core_long_axes(c(bin_factor(c.apix, result.sphere_diameter)), result.sphere_diameter)
+    refined = search.diameter_from_cores(result.core_axes)
+    if refined is not None:
+        result.diameter = refined
+    return result
 
 
 def candidates(mics: _Micrographs, i: int, diameter: float, device="cpu", thumbnail: bool = False) -> MicrographPicks:
@@ -224,32 +237,47 @@ def run_pick(
     t0 = time.perf_counter()
 
     evidence = None
+    filter_diameter = diameter
     if diameter is None:
         evidence = search_diameter(mics, device)
         diameter = evidence.diameter
+        # the filter matches the particle's rotationally averaged size, which for an elongated
+        # particle is nearer its width than its length (the length sets the box)
+        filter_diameter = min(evidence.sphere_diameter, diameter)
     t_search = time.perf_counter() - t0
 
     overlay = set(np.linspace(0, len(mics) - 1, min(OVERLAYS, len(mics))).round().astype(int).tolist())
     picks = [
-        candidates(mics, i, diameter, device, thumbnail=i in overlay)
+        candidates(mics, i, filter_diameter, device, thumbnail=i in overlay)
         for i in progress(range(len(mics)), desc="pick", unit="mic")
     ]
     scores = np.concatenate([p.scores for p in picks]) if picks else np.zeros(0)
     null = np.concatenate([p.null for p in picks]) if picks else np.zeros(0)
     choice = search.choose_threshold(scores, null)
     used = float(threshold) if threshold is not None else choice.threshold
+    above = scores[scores >= used]
+    ceiling = float(search.MAX_RELATIVE_SCORE * np.median(above)) if len(above) else np.inf
     for p in picks:
-        p.kept = p.scores >= used
+        p.kept = (p.scores >= used) & (p.scores <= ceiling)
+    too_strong = int(sum(int(((p.scores >= used) & (p.scores > ceiling)).sum()) for p in picks))
 
     summary = {
         "micrographs": len(mics),
         "particles": int(sum(int(p.kept.sum()) for p in picks)),
+        # what leaves the step, for the run's index: micrographs with at least one pick, picks
+        "stage": {
+            "micrographs": int(sum(1 for p in picks if p.kept.any())),
+            "particles": int(sum(int(p.kept.sum()) for p in picks)),
+        },
         "diameter_A": float(diameter),
         "diameter_source": "searched" if evidence else "given",
+        "filter_diameter_A": float(filter_diameter),
         "threshold": used,
         "threshold_source": "given" if threshold is not None else "chosen",
-        "min_distance_A": round(search.MIN_DISTANCE * diameter, 1),
-        "edge_margin_A": round(search.EDGE_MARGIN * diameter, 1),
+        "ceiling": round(ceiling, 3) if np.isfinite(ceiling) else None,
+        "rejected_too_strong": too_strong,
+        "min_distance_A": round(search.MIN_DISTANCE * filter_diameter, 1),
+        "edge_margin_A": round(search.EDGE_MARGIN * filter_diameter, 1),
         "picks_per_micrograph": {p.name: int(p.kept.sum()) for p in picks},
         "excluded_fraction": {p.name: round(p.excluded["dark"] + p.excluded["bright"], 4) for p in picks},
         "threshold_search": choice.to_dict(),

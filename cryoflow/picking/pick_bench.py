@@ -13,6 +13,19 @@ Usage::
 
     cryoflow bench pick                      # 4 species x 6 micrographs of 1024², speed on 2 x 4096²
     cryoflow bench pick --n 10 --json pick_bench.json
+    cryoflow bench pick --n 4 --speed-n 0 --topaz /tmp/topaz-venv/bin/python
+
+``--topaz PYTHON`` also runs Topaz's pretrained picker (``--topaz-model``, default resnet16) on the
+same micrographs and scores its picks with the same matching: Topaz is given the true diameter
+(downsampling so the particle is ~28 px across, extraction radius = particle radius) and is
+reported at score threshold 0 and at the best threshold of a sweep over -6..6; its seconds per
+micrograph are the wall clock of ``topaz preprocess`` + ``topaz extract`` (start-up included).
+Topaz is GPL-3.0: it is never imported by cryoflow, only run as a separate program from its own
+venv, where torchvision is not needed (the bench runs ``python -m topaz.commands.X``)::
+
+    python3.11 -m venv /tmp/topaz-venv
+    /tmp/topaz-venv/bin/pip install --no-deps topaz-em
+    /tmp/topaz-venv/bin/pip install torch==2.13.0 numpy pandas scipy scikit-learn pillow h5py tqdm psutil future
 """
 
 from __future__ import annotations
@@ -56,19 +69,33 @@ def match(picks: np.ndarray, truth: pd.DataFrame, pixel_size: float) -> np.ndarr
 def score_picks(pick_dir: Path, data_dir: Path, margin_px: float) -> dict:
     """Precision, recall, F1 and junk share of a pick folder against a simulated dataset's truth."""
     from cryoflow.io import read_blocks
+
+    index = read_blocks(pick_dir / "coordinates.star")["coordinate_files"]
+    picks = {}
+    for _, row in index.iterrows():
+        table = next(iter(read_blocks(pick_dir / row["rlnMicrographCoordinates"]).values()))
+        xy = table[["rlnCoordinateX", "rlnCoordinateY"]].to_numpy(float) if len(table) else np.zeros((0, 2))
+        picks[row["rlnMicrographName"]] = xy
+    return score_coordinates(picks, data_dir, margin_px)
+
+
+def score_coordinates(picks_by_micrograph: dict, data_dir: Path, margin_px: float, truth_tables=None) -> dict:
+    """:func:`score_picks` on picks given as ``{micrograph name: (n, 2) [x, y] px}``.
+
+    Micrographs absent from the mapping are not counted (as a pick folder without their file).
+    ``truth_tables`` is ``read_truth(data_dir)``, when the caller has it already (threshold sweeps).
+    """
     from cryoflow.simulate import read_truth
 
-    mics, parts = read_truth(data_dir)
+    mics, parts = truth_tables if truth_tables is not None else read_truth(data_dir)
     good = set(mics.table.loc[mics.table["cfLabel"] == "good", "rlnMicrographName"])
-    index = read_blocks(pick_dir / "coordinates.star")["coordinate_files"]
     apix = float(mics.optics["rlnMicrographPixelSize"].iloc[0])
     tp = fp = junk = n_true = 0
-    for _, row in index.iterrows():
-        name = row["rlnMicrographName"]
+    kinds: dict[str, int] = {}
+    for name, picks in picks_by_micrograph.items():
         if name not in good:
             continue
-        table = next(iter(read_blocks(pick_dir / row["rlnMicrographCoordinates"]).values()))
-        picks = table[["rlnCoordinateX", "rlnCoordinateY"]].to_numpy(float) if len(table) else np.zeros((0, 2))
+        picks = np.asarray(picks, float).reshape(-1, 2)
         truth = parts.table[parts.table["rlnMicrographName"] == name].reset_index(drop=True)
         h, w = [int(v) for v in json.loads((data_dir / "dataset.json").read_text())["parameters"]["shape"]]
         matched = match(picks, truth, apix)
@@ -80,6 +107,8 @@ def score_picks(pick_dir: Path, data_dir: Path, margin_px: float) -> dict:
             & (truth["rlnCoordinateY"] <= h - 1 - margin_px)
         ).to_numpy()
         hit = matched >= 0
+        for kind in truth["cfJunkKind"].to_numpy()[matched[hit & is_junk[np.maximum(matched, 0)]]]:
+            kinds[str(kind)] = kinds.get(str(kind), 0) + 1
         tp += int((hit & ~is_junk[np.maximum(matched, 0)]).sum())
         junk += int((hit & is_junk[np.maximum(matched, 0)]).sum())
         fp += int((~hit).sum())
@@ -94,7 +123,121 @@ def score_picks(pick_dir: Path, data_dir: Path, margin_px: float) -> dict:
         "recall": round(recall, 4),
         "f1": round(2 * precision * recall / max(precision + recall, 1e-12), 4),
         "junk_share": round(junk / max(n_picks, 1), 4),
+        "junk_picks_by_kind": kinds,
         "background_share": round(fp / max(n_picks, 1), 4),
+    }
+
+
+TOPAZ_MODELS = ("resnet16", "resnet16_u32", "resnet8", "resnet8_u32")  # pretrained detectors in the wheel
+TOPAZ_DIAMETER_PX = 28  # particle diameter after downsampling: Topaz's tutorial (T20S, -s 8, -r 14)
+TOPAZ_THRESHOLDS = np.round(np.arange(-6.0, 6.01, 0.25), 2)  # -6 is topaz extract's default cut
+
+
+def _topaz_python(path: str) -> tuple[str, str, float]:
+    """The Topaz venv's python (a ``topaz`` entry point resolves to the python beside it), its version
+    and the seconds it takes to start and import topaz and torch (part of each Topaz step's time)."""
+    import subprocess
+
+    exe = Path(path).expanduser()
+    if exe.name.startswith("topaz"):
+        exe = exe.parent / "python"
+    probe = "import topaz, torch; print(topaz.__version__, torch.__version__)"
+    t0 = time.perf_counter()
+    done = subprocess.run([str(exe), "-c", probe], capture_output=True, text=True, env=_topaz_env())
+    seconds = time.perf_counter() - t0
+    if done.returncode:
+        raise SystemExit(f"--topaz {path}: cannot import topaz with {exe}:\n{done.stderr.strip()[-2000:]}")
+    topaz_version, torch_version = done.stdout.split()
+    return str(exe), f"topaz {topaz_version} (torch {torch_version})", seconds
+
+
+def _topaz_env() -> dict:
+    import os
+
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+
+
+def run_topaz(python: str, data_dir: Path, work: Path, diameter_a: float, model: str = "resnet16") -> dict:
+    """Topaz's pretrained picker on a simulated dataset's micrographs, as a separate program.
+
+    ``topaz preprocess`` (Fourier downsampling so the particle is ~``TOPAZ_DIAMETER_PX`` across,
+    GMM normalisation) then ``topaz extract`` with the pretrained ``model``, the particle radius
+    and threshold -6; the modules are run as ``python -m topaz.commands.X`` because the ``topaz``
+    entry point imports the training code, which needs torchvision. Returns the picks in
+    micrograph pixels (columns micrograph, x, y, score) and the wall-clock seconds of both steps.
+    """
+    import subprocess
+
+    from cryoflow.simulate import read_truth
+
+    mics, _ = read_truth(data_dir)
+    apix = float(mics.optics["rlnMicrographPixelSize"].iloc[0])
+    h, w = [int(v) for v in json.loads((data_dir / "dataset.json").read_text())["parameters"]["shape"]]
+    d_px = diameter_a / apix
+    scale = max(1, int(round(d_px / TOPAZ_DIAMETER_PX)))
+    radius = max(1, int(round(d_px / 2 / scale)))
+    raw, pre = work / "micrographs", work / "preprocessed"
+    raw.mkdir(parents=True)
+    names = {}
+    for i, name in enumerate(mics.table["rlnMicrographName"]):
+        (raw / f"mic{i:04d}.mrc").symlink_to((data_dir / name).resolve())  # flat, unique stems
+        names[f"mic{i:04d}"] = name
+    stems = sorted(names)
+    steps = {
+        "preprocess": ["-m", "topaz.commands.preprocess", "-s", str(scale), "-d", "-1", "-o", str(pre)]
+        + [str(raw / f"{k}.mrc") for k in stems],
+        "extract": ["-m", "topaz.commands.extract", "-m", model, "-r", str(radius), "-t", str(TOPAZ_THRESHOLDS[0])]
+        + ["-d", "-1", "-o", str(work / "picks.txt")]
+        + [str(pre / f"{k}.mrc") for k in stems],
+    }
+    seconds = {}
+    for step, args in steps.items():
+        t0 = time.perf_counter()
+        done = subprocess.run([python, *args], capture_output=True, text=True, env=_topaz_env())
+        seconds[step] = time.perf_counter() - t0
+        if done.returncode:
+            raise RuntimeError(f"topaz {step} failed ({done.returncode}):\n{done.stderr.strip()[-3000:]}")
+    picks = pd.read_csv(work / "picks.txt", sep="\t")
+    # coordinates in the downsampled grid (x: column, y: row from the top left, as cryoflow's)
+    picks = pd.DataFrame(
+        {
+            "micrograph": picks["image_name"].astype(str).map(names),
+            "x": picks["x_coord"].to_numpy(float) * w / int(w / scale),
+            "y": picks["y_coord"].to_numpy(float) * h / int(h / scale),
+            "score": picks["score"].to_numpy(float),
+        }
+    )
+    return {"picks": picks, "scale": scale, "radius_px": radius, "seconds": seconds, "micrographs": len(stems)}
+
+
+def score_topaz(topaz: dict, data_dir: Path, margin_px: float) -> dict:
+    """:func:`score_coordinates` of Topaz's picks at threshold 0 (log-likelihood ratio 0, p = 0.5) and at
+    the threshold of the sweep that maximises F1 (chosen with the truth: an upper bound for Topaz).
+
+    Topaz's non-maximum suppression is greedy by score, so the picks of ``topaz extract -t T`` are the
+    picks of ``-t -6`` with score >= T and a single extraction serves the whole sweep.
+    """
+    from cryoflow.simulate import read_truth
+
+    tables = read_truth(data_dir)
+    names = list(tables[0].table["rlnMicrographName"])
+    picks = topaz["picks"]
+
+    def at(threshold: float) -> dict:
+        kept = picks[picks["score"] >= threshold]
+        by_name = {n: kept.loc[kept["micrograph"] == n, ["x", "y"]].to_numpy(float) for n in names}
+        return score_coordinates(by_name, data_dir, margin_px, truth_tables=tables) | {"threshold": float(threshold)}
+
+    sweep = [at(t) for t in TOPAZ_THRESHOLDS]
+    best = max(sweep, key=lambda r: r["f1"])
+    return {
+        "threshold_0": at(0.0),
+        "best": best,
+        "sweep": [{k: r[k] for k in ("threshold", "precision", "recall", "f1")} for r in sweep],
+        "scale": topaz["scale"],
+        "radius_px": topaz["radius_px"],
+        "seconds": {k: round(v, 2) for k, v in topaz["seconds"].items()},
+        "seconds_per_micrograph": round(sum(topaz["seconds"].values()) / max(topaz["micrographs"], 1), 3),
     }
 
 
@@ -125,12 +268,25 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--speed-n", type=int, default=2, help="4096² micrographs timed (0: skip)")
     parser.add_argument("--seed", type=int, default=1000, help="first dataset seed (training never uses these)")
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    parser.add_argument(
+        "--topaz",
+        metavar="PYTHON",
+        help="also run Topaz's pretrained picker with this python (of a venv with topaz-em, see above)",
+    )
+    parser.add_argument("--topaz-model", default="resnet16", choices=TOPAZ_MODELS, help="Topaz pretrained detector")
     args = parser.parse_args(argv)
 
     from cryoflow.picking.pick import run_pick
     from cryoflow.simulate import read_truth
 
     results = {"accuracy": [], "speed": None}
+    if args.topaz:
+        topaz_python, results["topaz"], startup = _topaz_python(args.topaz)
+        print(
+            f"comparing with {results['topaz']}, pretrained {args.topaz_model}, via {topaz_python} "
+            f"(start-up and imports {startup:.1f} s, twice per species)",
+            flush=True,
+        )
     with tempfile.TemporaryDirectory(prefix="cryoflow-bench-pick-") as tmp:
         tmp = Path(tmp)
         for j, (label, species) in enumerate(SPECIES.items()):
@@ -147,6 +303,8 @@ def main(argv: list[str] | None = None) -> dict:
                 row[mode] = score_picks(tmp / f"pick{j}_{mode}", data, margin)
                 row[mode]["diameter_A"] = summary["diameter_A"]
                 row[mode]["threshold"] = summary["threshold"]
+                if summary.get("diameter_search"):
+                    row["diameter_search"] = summary["diameter_search"]
                 row[mode]["seconds_per_micrograph"] = round(seconds / args.n, 3)
             row["diameter_error"] = round(row["searched"]["diameter_A"] / true_d - 1, 4)
             results["accuracy"].append(row)
@@ -154,9 +312,24 @@ def main(argv: list[str] | None = None) -> dict:
                 f"{label:24s} true {true_d:5.0f} Å  searched {row['searched']['diameter_A']:5.0f} Å "
                 f"({100 * row['diameter_error']:+.0f}%)  F1 searched {row['searched']['f1']:.3f} "
                 f"given {row['given']['f1']:.3f}  (P {row['given']['precision']:.3f} R {row['given']['recall']:.3f}) "
-                f"junk {100 * row['given']['junk_share']:.1f}%  background {100 * row['given']['background_share']:.1f}%",
+                f"junk {100 * row['given']['junk_share']:.1f}% {row['given']['junk_picks_by_kind']}  "
+                f"background {100 * row['given']['background_share']:.1f}%",
                 flush=True,
             )
+            if args.topaz:
+                found = run_topaz(topaz_python, data, tmp / f"topaz{j}", true_d, args.topaz_model)
+                row["topaz"] = score_topaz(found, data, search.EDGE_MARGIN * true_d / 1.5)
+                t0_, best = row["topaz"]["threshold_0"], row["topaz"]["best"]
+                print(
+                    f"{'  topaz ' + args.topaz_model:24s} /{found['scale']} r {found['radius_px']} px  "
+                    f"F1 t=0 {t0_['f1']:.3f} (P {t0_['precision']:.3f} R {t0_['recall']:.3f})  "
+                    f"best F1 {best['f1']:.3f} at t={best['threshold']:g} "
+                    f"(P {best['precision']:.3f} R {best['recall']:.3f})  junk {100 * t0_['junk_share']:.1f}%  "
+                    f"background {100 * t0_['background_share']:.1f}%  s/micrograph: topaz "
+                    f"{row['topaz']['seconds_per_micrograph']:.2f}, cryoflow given {row['given']['seconds_per_micrograph']:.2f}, "
+                    f"searched {row['searched']['seconds_per_micrograph']:.2f}",
+                    flush=True,
+                )
         if args.speed_n:
             data = _dataset(
                 tmp / "speed",
@@ -192,6 +365,17 @@ def main(argv: list[str] | None = None) -> dict:
         f"targets: F1 >= 0.90 (mean searched {np.mean(f1):.3f}, min {np.min(f1):.3f}); picks on junk <= 2% "
         f"(mean {100 * np.mean(junk):.1f}%); diameter within 15% (max error {100 * np.max(derr):.0f}%)"
     )
+    if args.topaz:
+        rows = results["accuracy"]
+        print(
+            f"topaz {args.topaz_model} (diameter given): mean F1 t=0 "
+            f"{np.mean([r['topaz']['threshold_0']['f1'] for r in rows]):.3f}, best-threshold "
+            f"{np.mean([r['topaz']['best']['f1'] for r in rows]):.3f}; {np.mean([r['topaz']['seconds_per_micrograph'] for r in rows]):.2f} "
+            f"s/micrograph incl. preprocessing and start-up. cryoflow: mean F1 given "
+            f"{np.mean([r['given']['f1'] for r in rows]):.3f}, searched {np.mean(f1):.3f}; "
+            f"{np.mean([r['given']['seconds_per_micrograph'] for r in rows]):.2f} s/micrograph given, "
+            f"{np.mean([r['searched']['seconds_per_micrograph'] for r in rows]):.2f} searched"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return results

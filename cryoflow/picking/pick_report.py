@@ -10,6 +10,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from cryoflow.picking.search import (  # noqa: E402
+    CORE_CALIBRATION,
+    CORE_MIN_COUNT,
+    CORE_PERCENTILE,
+    SPHERE_CALIBRATION,
+)
 from cryoflow.report import Report  # noqa: E402
 from cryoflow.report.builder import contrast_stretch  # noqa: E402
 
@@ -60,8 +66,15 @@ def write_pick_report(out: Path, summary: dict, picks: list, evidence, choice) -
         "Particle diameter",
         s["diameter_A"],
         "Å",
-        f"{s['diameter_source']}. The filter looks for a dark disk of about 0.6 of this diameter (the dense core of "
-        "a particle after the CTF is corrected and fine detail removed) in a brighter ring.",
+        f"{s['diameter_source']}. The particle's largest extent: it sets the extraction box.",
+    )
+    par.metric(
+        "Filter diameter",
+        s["filter_diameter_A"],
+        "Å",
+        "The size the picking filter looks for: a dark disk of about 0.6 of it (the dense core of a particle after "
+        "the CTF is corrected and fine detail removed) in a brighter ring. Equal to the diameter for a globular "
+        "particle; nearer the width for an elongated one.",
     )
     par.metric(
         "Score threshold",
@@ -69,6 +82,13 @@ def write_pick_report(out: Path, summary: dict, picks: list, evidence, choice) -
         "σ",
         f"{s['threshold_source']}. Rule: {s['threshold_search']['rule']}. Expected noise picks above it: "
         f"{s['threshold_search']['expected_noise_picks']:.0f}.",
+    )
+    par.metric(
+        "Score ceiling",
+        s["ceiling"],
+        "σ",
+        f"Picks scoring above twice the median pick are rejected as junk ({s['rejected_too_strong']} here): ice "
+        "crystals and dense contaminants scatter much more strongly than protein.",
     )
     par.metric(
         "Minimum distance",
@@ -89,18 +109,41 @@ def write_pick_report(out: Path, summary: dict, picks: list, evidence, choice) -
     if evidence is not None:
         sec = report.section(
             "Diameter search",
-            "Each candidate diameter is tried as the filter's size on a few micrographs; the response is the mean "
-            "score of the strongest quarter of the peaks. The curve peaks at the particles' size.",
+            "A filter matched to a uniform sphere of each candidate diameter runs over a few micrographs; the response "
+            "is the mean score of the strongest quarter of its peaks. The curve peaks where the sphere best matches "
+            f"the particles' projected density, which for globular particles is about {SPHERE_CALIBRATION} of their "
+            f"largest extent; the diameter is the peak divided by {SPHERE_CALIBRATION}. Elongated or flat particles come out smaller than their length.",
         )
         fig, ax = plt.subplots(figsize=(5, 3))
         d = np.array(evidence.diameters)
         c = np.array([np.nan if v is None else v for v in evidence.curve])
         ax.semilogx(d, c, "o-", ms=3)
-        ax.axvline(evidence.diameter, color="C3", ls="--", label=f"chosen {evidence.diameter:.0f} Å")
-        ax.set_xlabel("filter diameter (Å)")
+        peak = evidence.sphere_diameter * SPHERE_CALIBRATION
+        ax.axvline(peak, color="C3", ls="--", label=f"peak {peak:.0f} Å -> {evidence.sphere_diameter:.0f} Å")
+        ax.set_xlabel("sphere filter diameter (Å)")
         ax.set_ylabel("response (σ)")
         ax.legend(fontsize=8)
         sec.figure(fig, f"Response against diameter on {evidence.micrographs} micrographs.", name="diameter_search")
+        if evidence.core_axes:
+            sec.text(
+                "The sphere filter sees a rotationally averaged particle. The diameter is then refined from the strong "
+                "picks themselves: the long axis of each pick's dense core is measured (a particle seen side-on shows "
+                f"its full length, end-on its width), and the {CORE_PERCENTILE}th percentile of those lengths, divided "
+                f"by {CORE_CALIBRATION} (calibrated on simulated particles), is the diameter. With fewer than "
+                f"{CORE_MIN_COUNT} measurable cores the sphere filter's value is kept."
+            )
+            fig, ax = plt.subplots(figsize=(5, 3))
+            ax.hist(evidence.core_axes, bins=30)
+            ax.axvline(
+                np.percentile(evidence.core_axes, CORE_PERCENTILE),
+                color="C3",
+                ls="--",
+                label=f"{CORE_PERCENTILE}th percentile",
+            )
+            ax.set_xlabel("core long axis (Å)")
+            ax.set_ylabel("picks")
+            ax.legend(fontsize=8)
+            sec.figure(fig, f"Long axes of {len(evidence.core_axes)} strong picks' cores.", name="core_axes")
 
     sec = report.section(
         "Scores and threshold",
@@ -131,7 +174,8 @@ def write_pick_report(out: Path, summary: dict, picks: list, evidence, choice) -
     if shown:
         sec = report.section(
             "Picks on micrographs",
-            "Green: picks kept; orange: candidates below the threshold. Circles have the particle diameter.",
+            "Green: picks kept; orange: candidates rejected (below the threshold or above the ceiling). Circles have "
+            "the filter diameter.",
         )
         cols = 3
         rows = int(np.ceil(len(shown) / cols))
@@ -139,6 +183,6 @@ def write_pick_report(out: Path, summary: dict, picks: list, evidence, choice) -
         for ax in np.atleast_1d(axes).ravel():
             ax.set_axis_off()
         for ax, p in zip(np.atleast_1d(axes).ravel(), shown, strict=False):
-            _overlay(ax, p, s["diameter_A"])
+            _overlay(ax, p, s["filter_diameter_A"])
         sec.figure(fig, "Micrographs (binned) with their picks.", name="overlays", dpi=100)
     return report.write(out, summary)
