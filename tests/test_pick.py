@@ -117,3 +117,30 @@ def test_bad_input(data, tmp_path, cli):
     (tmp_path / "c" / "keep.txt").write_text("mine")
     res = cli("pick", "--micrographs", star, "--out", tmp_path / "c", "--diameter", "115")
     assert res.code == 2 and (tmp_path / "c" / "keep.txt").read_text() == "mine"
+
+
+def test_template_matching_with_class_averages(data, tmp_path):
+    """The classic loop's last step: clean views of the particles (as 2D class averages show
+    them: white, CTF-free) used as templates pick the particles."""
+    from cryoflow.io import write_mrc
+    from cryoflow.simulate import get_preset, make_species, random_rotations
+
+    species = make_species(get_preset("tiny").species, pixel_size=2.0)
+    gen = torch.Generator().manual_seed(0)
+    views = []
+    for s in species:
+        rotations = random_rotations(4, gen)
+        rotations = rotations[0] if isinstance(rotations, tuple) else rotations
+        images = s.project(rotations)
+        pad = (90 - images.shape[-1]) // 2
+        views.append(torch.nn.functional.pad(images, (pad, 90 - images.shape[-1] - pad) * 2))
+    write_mrc(tmp_path / "classes.mrcs", torch.cat(views).numpy(), 2.0)
+    out = tmp_path / "pick"
+    summary = run_pick(data / "truth/micrographs_truth.star", out, diameter=115.0, templates=tmp_path / "classes.mrcs")
+    assert summary["picker"] == "templates"
+    scores = score_picks(out, data, search.EDGE_MARGIN * 115.0 / 2.0)
+    assert scores["f1"] >= 0.85, scores
+    index = read_blocks(out / "coordinates.star")["coordinate_files"]
+    table = next(iter(read_blocks(out / index["rlnMicrographCoordinates"].iloc[0]).values()))
+    assert set(table["rlnClassNumber"]) <= set(range(1, 9))
+    assert table["rlnAnglePsi"].between(0, 360).all()

@@ -11,6 +11,9 @@ Examples::
     cryoflow pick --micrographs run/micassess/micrographs_good.star --out run/pick
     cryoflow pick --micrographs run/micassess/micrographs_good.star --out run/pick --diameter 140
     cryoflow pick --micrographs run/ctf/micrographs_ctf.star --out run/pick2 --threshold 6
+    # the classic loop: blob picks -> 2D classes -> pick again with the good classes as templates
+    cryoflow pick --micrographs run/micassess/micrographs_good.star --out run/pick_tm \
+        --templates run/classify2d --template-classes 1,3,4
     cryoflow extract --micrographs run/micassess/micrographs_good.star --coordinates run/pick --out run/extract
 """
 
@@ -40,7 +43,17 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from cryoflow.device import resolve_device
+    from cryoflow.errors import CryoflowError
     from cryoflow.picking.pick import run_pick
+
+    classes = None
+    if args.template_classes:
+        try:
+            classes = [int(c) for c in args.template_classes.split(",") if c.strip()]
+        except ValueError:
+            raise CryoflowError(
+                None, f"--template-classes must be numbers like 1,4,7, not {args.template_classes!r}"
+            ) from None
 
     summary = run_pick(
         args.micrographs,
@@ -50,6 +63,8 @@ def main(args: argparse.Namespace) -> int:
         images=args.images,
         device=resolve_device(args.device),
         report=not args.no_report,
+        templates=args.templates,
+        template_classes=classes,
     )
     print(
         f"picked {summary['particles']} particles on {summary['micrographs']} micrographs "

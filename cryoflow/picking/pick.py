@@ -69,6 +69,7 @@ class MicrographPicks:
     thumbnail: np.ndarray | None = None
     thumbnail_bin: int = 1
     seconds: float = 0.0
+    extra: dict = field(default_factory=dict)
     kept: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
 
 
@@ -166,22 +167,35 @@ def search_diameter(mics: _Micrographs, device="cpu", n: int = SEARCH_MICROGRAPH
     return result
 
 
-def candidates(mics: _Micrographs, i: int, diameter: float, device="cpu", thumbnail: bool = False) -> MicrographPicks:
-    """Every peak above :data:`search.MIN_THRESHOLD` on micrograph ``i``, with its noise null and mask."""
+def candidates(
+    mics: _Micrographs, i: int, diameter: float, device="cpu", thumbnail: bool = False, bank=None
+) -> MicrographPicks:
+    """Every peak above :data:`search.MIN_THRESHOLD` on micrograph ``i``, with its noise null and mask.
+
+    ``bank``: a :class:`templates.TemplateBank` to score with instead of the blob filter.
+    """
     t0 = time.perf_counter()
     binning = bin_factor(float(mics.pixel_sizes[i]), diameter)
     prep, shape = _prepare(mics, i, binning, device)
     d_px = diameter / prep.pixel_size
+    distance, margin = search.MIN_DISTANCE * d_px, search.EDGE_MARGIN * d_px
     allowed, excluded = exclusion_mask(prep, diameter)
-    z = score_map(prep, diameter)
-    yx, scores = find_peaks(
-        z, search.MIN_DISTANCE * d_px, search.EDGE_MARGIN * d_px, floor=search.MIN_THRESHOLD, mask=allowed
-    )
-    null = search.null_peaks(prep, diameter, seed=i)
+    if bank is None:
+        score = lambda p: score_map(p, diameter)  # noqa: E731
+        z, best = score(prep), None
+    else:
+        score = lambda p: bank.score(p)[0]  # noqa: E731
+        z, best = bank.score(prep)
+    yx, scores = find_peaks(z, distance, margin, floor=search.MIN_THRESHOLD, mask=allowed)
+    null = search.null_peaks(prep, score, distance, margin, seed=i)
     null = null[null > search.MIN_THRESHOLD]
-    thumb = None
-    if thumbnail:
-        thumb = prep.image.cpu().numpy()
+    extra = {}
+    if best is not None:
+        index = best[
+            torch.as_tensor(np.round(yx[:, 0]), dtype=torch.long), torch.as_tensor(np.round(yx[:, 1]), dtype=torch.long)
+        ]
+        classes, angles = bank.class_and_angle(index.cpu().numpy())
+        extra = {"rlnClassNumber": classes, "rlnAnglePsi": angles}
     return MicrographPicks(
         name=mics.names[i],
         yx=prep.to_micrograph(yx),
@@ -190,21 +204,25 @@ def candidates(mics: _Micrographs, i: int, diameter: float, device="cpu", thumbn
         excluded=excluded,
         shape=tuple(int(s) for s in shape),
         pixel_size=float(mics.pixel_sizes[i]),
-        thumbnail=thumb,
+        thumbnail=prep.image.cpu().numpy() if thumbnail else None,
         thumbnail_bin=binning,
         seconds=time.perf_counter() - t0,
+        extra=extra,
     )
 
 
 def _coordinate_table(p: MicrographPicks) -> pd.DataFrame:
     yx = p.yx[p.kept]
-    return pd.DataFrame(
+    table = pd.DataFrame(
         {
             "rlnCoordinateX": np.round(yx[:, 1], 2),
             "rlnCoordinateY": np.round(yx[:, 0], 2),
             "rlnAutopickFigureOfMerit": np.round(p.scores[p.kept], 3),
         }
     )
+    for column, values in p.extra.items():
+        table[column] = np.asarray(values)[p.kept]
+    return table
 
 
 def run_pick(
@@ -215,12 +233,16 @@ def run_pick(
     images: str | os.PathLike | None = None,
     device: torch.device | str = "cpu",
     report: bool = True,
+    templates: str | os.PathLike | None = None,
+    template_classes: list[int] | None = None,
 ) -> dict:
     """Pick every micrograph of ``micrographs`` into ``out`` (see the module doc); return the summary.
 
     ``diameter``: particle diameter in Å (searched when None); ``threshold``: score threshold
-    in noise standard deviations (chosen from the data when None). ``out`` must not exist
-    or be empty.
+    in noise standard deviations (chosen from the data when None); ``templates``: class
+    averages (a ``.mrcs`` stack or a classify2d folder) to pick by template matching instead
+    of the blob filter, ``template_classes`` the 1-based classes of it to use. ``out`` must
+    not exist or be empty.
     """
     from cryoflow.io import atomic_dir, write_blocks
     from cryoflow.progress import progress
@@ -234,6 +256,12 @@ def run_pick(
         raise CryoflowError(None, f"--threshold must be a positive score (noise standard deviations), got {threshold}")
     device = torch.device(device)
     mics = _Micrographs(star_path, Path(images) if images else None)
+    bank = None
+    if templates is not None:
+        from cryoflow.picking.templates import TemplateBank, read_templates
+
+        stack, template_pixel = read_templates(templates, template_classes)
+        bank = TemplateBank(stack, template_pixel, classes=template_classes)  # mask set once the diameter is known
     t0 = time.perf_counter()
 
     evidence = None
@@ -244,11 +272,15 @@ def run_pick(
         # the filter matches the particle's rotationally averaged size, which for an elongated
         # particle is nearer its width than its length (the length sets the box)
         filter_diameter = min(evidence.sphere_diameter, diameter)
+    if bank is not None:
+        from cryoflow.picking.templates import MASK_FACTOR
+
+        bank.mask_diameter = MASK_FACTOR * diameter
     t_search = time.perf_counter() - t0
 
     overlay = set(np.linspace(0, len(mics) - 1, min(OVERLAYS, len(mics))).round().astype(int).tolist())
     picks = [
-        candidates(mics, i, filter_diameter, device, thumbnail=i in overlay)
+        candidates(mics, i, filter_diameter, device, thumbnail=i in overlay, bank=bank)
         for i in progress(range(len(mics)), desc="pick", unit="mic")
     ]
     scores = np.concatenate([p.scores for p in picks]) if picks else np.zeros(0)
@@ -272,6 +304,10 @@ def run_pick(
         "diameter_A": float(diameter),
         "diameter_source": "searched" if evidence else "given",
         "filter_diameter_A": float(filter_diameter),
+        "picker": "templates" if bank is not None else "blob",
+        "templates": {"source": str(templates), "count": len(bank.templates), "rotations": len(bank.angles)}
+        if bank is not None
+        else None,
         "threshold": used,
         "threshold_source": "given" if threshold is not None else "chosen",
         "ceiling": round(ceiling, 3) if np.isfinite(ceiling) else None,

@@ -62,6 +62,23 @@ def write_pick_report(out: Path, summary: dict, picks: list, evidence, choice) -
         "Parameters chosen",
         "Each value below was chosen from the data unless it says 'given'.",
     )
+    if s.get("templates"):
+        t = s["templates"]
+        par.metric(
+            "Picker",
+            "template matching",
+            "",
+            f"{t['count']} templates from {t['source']}, each at {t['rotations']} in-plane angles, seen through each "
+            "micrograph's CTF; each pick records the best template (rlnClassNumber) and angle (rlnAnglePsi).",
+        )
+    else:
+        par.metric(
+            "Picker",
+            "blob (template-free)",
+            "",
+            "A size-tuned centre-surround filter after CTF phase flipping; no reference needed. Once 2D classes exist, "
+            "picking again with the good classes as templates (--templates) is the classic next round.",
+        )
     par.metric(
         "Particle diameter",
         s["diameter_A"],

@@ -31,13 +31,14 @@ Threshold
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from cryoflow.picking.filters import Prepared, blob_filter, filtered, noise_sigma, sphere_filter
+from cryoflow.picking.filters import Prepared, blob_filter, filtered, sphere_filter
 from cryoflow.picking.peaks import find_peaks
 
 #: candidate diameters of the search, Å
@@ -177,19 +178,22 @@ def choose_diameter(curves: list[np.ndarray], diameters=DIAMETERS) -> DiameterSe
     )
 
 
-def null_peaks(prep: Prepared, diameter: float, seed: int = 0) -> np.ndarray:
-    """Peak scores of the picking filter run over white noise of the micrograph's noise power.
-
-    Same size, same filter, same peak finder as the real picks: the scores pure noise would
-    give (see the module doc).
-    """
+def noise_like(prep: Prepared, seed: int = 0) -> Prepared:
+    """``prep`` with its image replaced by white noise of its measured shot-noise power."""
     h, w = prep.shape
     gen = torch.Generator(device="cpu").manual_seed(seed)
     noise = torch.randn((h, w), generator=gen).to(prep.image.device) * math.sqrt(prep.white / (h * w))
-    filt = blob_filter(prep, diameter)
-    z = torch.fft.irfft2(torch.fft.rfft2(noise) * filt, s=(h, w)) / max(noise_sigma(prep, filt), 1e-12)
-    d_px = diameter / prep.pixel_size
-    _, values = find_peaks(z, MIN_DISTANCE * d_px, EDGE_MARGIN * d_px)
+    return dataclasses.replace(prep, image=noise, spectrum=torch.fft.rfft2(noise))
+
+
+def null_peaks(prep: Prepared, score, min_distance: float, margin: float, seed: int = 0) -> np.ndarray:
+    """Peak scores of the picking filter run over white noise of the micrograph's noise power.
+
+    ``score(prep) -> (h, w)`` is the picker's score map; same size, same filter, same peak
+    finder (``min_distance``, ``margin`` in working pixels) as the real picks: the scores
+    pure noise would give (see the module doc).
+    """
+    _, values = find_peaks(score(noise_like(prep, seed)), min_distance, margin)
     return values
 
 
