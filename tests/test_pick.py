@@ -144,3 +144,25 @@ def test_template_matching_with_class_averages(data, tmp_path):
     table = next(iter(read_blocks(out / index["rlnMicrographCoordinates"].iloc[0]).values()))
     assert set(table["rlnClassNumber"]) <= set(range(1, 9))
     assert table["rlnAnglePsi"].between(0, 360).all()
+
+
+def test_self_template_aligns_elongated_cores():
+    """Cores of elongated blobs at random angles and offsets average into one blob along x."""
+    rng = np.random.default_rng(1)
+    r = 20
+    yy, xx = np.mgrid[-r : r + 1, -r : r + 1].astype(float)
+    cores = search.Cores(pixel_size=2.0)
+    for _ in range(30):
+        angle, dy, dx = rng.uniform(0, np.pi), rng.uniform(-3, 3), rng.uniform(-3, 3)
+        u = (xx - dx) * np.cos(angle) + (yy - dy) * np.sin(angle)
+        v = -(xx - dx) * np.sin(angle) + (yy - dy) * np.cos(angle)
+        cores.patches.append(np.exp(-(u**2) / (2 * 8.0**2) - v**2 / (2 * 3.0**2)))
+        cores.angle.append(float(angle))
+        cores.offset.append((dy, dx))
+        cores.long.append(32.0)
+        cores.short.append(12.0)
+    template = search.self_template(cores)
+    assert np.unravel_index(np.argmax(template), template.shape) == (r, r)
+    along_x, along_y = template[r, r + 8], template[r + 8, r]
+    assert along_x > 3 * along_y  # the long axis lies along x
+    assert cores.elongation == pytest.approx(32 / 12)

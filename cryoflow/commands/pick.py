@@ -37,6 +37,14 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--images", metavar="DIR", help="folder to look for micrographs whose STAR names do not resolve"
     )
+    parser.add_argument(
+        "--templates",
+        metavar="MRCS|DIR",
+        help="pick by template matching with these class averages (a .mrcs stack or a classify2d folder)",
+    )
+    parser.add_argument(
+        "--template-classes", metavar="N,N,...", help="1-based classes of --templates to use (default: all)"
+    )
     parser.add_argument("--no-report", action="store_true", help="skip report.html (summary.json is still written)")
     add_device_argument(parser)
 

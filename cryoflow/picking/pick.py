@@ -149,8 +149,9 @@ class _BinnedCache:
         return self.cache[binning]
 
 
-def search_diameter(mics: _Micrographs, device="cpu", n: int = SEARCH_MICROGRAPHS) -> search.DiameterSearch:
-    """The particle diameter from the scale-space response of up to ``n`` micrographs."""
+def search_diameter(mics: _Micrographs, device="cpu", n: int = SEARCH_MICROGRAPHS) -> tuple:
+    """The particle diameter from the scale-space response of up to ``n`` micrographs, and
+    the strong picks' cores measured on them: ``(DiameterSearch, Cores)``."""
     picks = np.unique(np.linspace(0, len(mics) - 1, min(n, len(mics))).round().astype(int))
     cached = [_BinnedCache(mics, int(i), device) for i in picks]
     curves = [search.scale_response(c, c.apix) for c in cached]
@@ -159,12 +160,14 @@ def search_diameter(mics: _Micrographs, device="cpu", n: int = SEARCH_MICROGRAPH
     except ValueError as exc:
         raise CryoflowError(mics.star_path, f"diameter search failed: {exc}; give --diameter") from None
     result.sphere_diameter = result.diameter
+    cores = search.Cores()
     for c in cached:
-        result.core_axes += search.core_long_axes(c(bin_factor(c.apix, result.sphere_diameter)), result.sphere_diameter)
+        cores.extend(search.measure_cores(c(bin_factor(c.apix, result.sphere_diameter)), result.sphere_diameter))
+    result.core_axes, result.elongation = cores.long, cores.elongation
     refined = search.diameter_from_cores(result.core_axes)
     if refined is not None:
         result.diameter = refined
-    return result
+    return result, cores
 
 
 def candidates(
@@ -256,7 +259,7 @@ def run_pick(
         raise CryoflowError(None, f"--threshold must be a positive score (noise standard deviations), got {threshold}")
     device = torch.device(device)
     mics = _Micrographs(star_path, Path(images) if images else None)
-    bank = None
+    bank, self_templated = None, False
     if templates is not None:
         from cryoflow.picking.templates import TemplateBank, read_templates
 
@@ -267,11 +270,17 @@ def run_pick(
     evidence = None
     filter_diameter = diameter
     if diameter is None:
-        evidence = search_diameter(mics, device)
+        evidence, cores = search_diameter(mics, device)
         diameter = evidence.diameter
         # the filter matches the particle's rotationally averaged size, which for an elongated
         # particle is nearer its width than its length (the length sets the box)
         filter_diameter = min(evidence.sphere_diameter, diameter)
+        if bank is None and cores.elongation >= search.ELONGATED and len(cores.long) >= search.CORE_MIN_COUNT:
+            # elongated particles: a round filter splits them; match an oriented template made of their own cores
+            from cryoflow.picking.templates import TemplateBank
+
+            bank = TemplateBank(search.self_template(cores)[None], cores.pixel_size)
+            self_templated = True
     if bank is not None:
         from cryoflow.picking.templates import MASK_FACTOR
 
@@ -304,8 +313,12 @@ def run_pick(
         "diameter_A": float(diameter),
         "diameter_source": "searched" if evidence else "given",
         "filter_diameter_A": float(filter_diameter),
-        "picker": "templates" if bank is not None else "blob",
-        "templates": {"source": str(templates), "count": len(bank.templates), "rotations": len(bank.angles)}
+        "picker": "self-template" if self_templated else ("templates" if bank is not None else "blob"),
+        "templates": {
+            "source": "the strong picks' cores, aligned" if self_templated else str(templates),
+            "count": len(bank.templates),
+            "rotations": len(bank.angles),
+        }
         if bank is not None
         else None,
         "threshold": used,

@@ -64,12 +64,19 @@ def write_pick_report(out: Path, summary: dict, picks: list, evidence, choice) -
     )
     if s.get("templates"):
         t = s["templates"]
+        why = (
+            "The particles' cores are elongated, so a round filter would split them: the strong picks, centred on "
+            "their cores and turned so their long axes align, were averaged into one oriented template. "
+            if s["picker"] == "self-template"
+            else ""
+        )
         par.metric(
             "Picker",
-            "template matching",
+            "template matching" if s["picker"] == "templates" else "self-template (elongated particles)",
             "",
-            f"{t['count']} templates from {t['source']}, each at {t['rotations']} in-plane angles, seen through each "
-            "micrograph's CTF; each pick records the best template (rlnClassNumber) and angle (rlnAnglePsi).",
+            f"{why}{t['count']} template(s) from {t['source']}, each at {t['rotations']} in-plane angles, seen "
+            "through each micrograph's CTF; each pick records the best template (rlnClassNumber) and angle "
+            "(rlnAnglePsi).",
         )
     else:
         par.metric(

@@ -54,6 +54,8 @@ CORE_CALIBRATION = 0.96
 CORE_MIN_SCORE = 6.0
 #: fewer measured cores than this: the sphere filter's estimate is kept
 CORE_MIN_COUNT = 20
+#: cores this elongated (median long/short axis) are picked with an oriented self-template
+ELONGATED = 1.5
 #: pixels across a particle in the diameter search
 SEARCH_SAMPLES = 12.0
 #: picks closer than this many diameters are duplicates (touching particles are 1 apart)
@@ -83,6 +85,7 @@ class DiameterSearch:
     micrographs: int
     sphere_diameter: float = float("nan")
     core_axes: list[float] = field(default_factory=list)
+    elongation: float = float("nan")
 
     def to_dict(self) -> dict:
         return {
@@ -91,12 +94,43 @@ class DiameterSearch:
             "diameters_A": self.diameters,
             "response": self.curve,
             "core_long_axes_A": [round(a, 1) for a in self.core_axes],
+            "core_elongation": round(self.elongation, 3) if np.isfinite(self.elongation) else None,
             "micrographs": self.micrographs,
         }
 
 
-def core_long_axes(prep: Prepared, diameter: float, min_score: float = CORE_MIN_SCORE) -> list[float]:
-    """Long axes (Å) of the dense cores of the strong picks of ``prep`` at ``diameter`` Å (see the module doc)."""
+@dataclass
+class Cores:
+    """The dense cores of strong picks: per core its long and short axes (Å), the long axis's
+    angle (radians, from the x axis towards y), the core's centroid relative to the patch
+    centre (pixels, (y, x)), and the pick's patch of the phase-flipped,
+    low-passed micrograph (particles positive) ``(n, 2r+1, 2r+1)`` at ``pixel_size`` Å."""
+
+    long: list[float] = field(default_factory=list)
+    short: list[float] = field(default_factory=list)
+    angle: list[float] = field(default_factory=list)
+    offset: list[tuple[float, float]] = field(default_factory=list)
+    patches: list[np.ndarray] = field(default_factory=list)
+    pixel_size: float = float("nan")
+
+    def extend(self, other: Cores) -> None:
+        self.long += other.long
+        self.short += other.short
+        self.angle += other.angle
+        self.offset += other.offset
+        self.patches += other.patches
+        self.pixel_size = other.pixel_size if not self.patches or np.isnan(self.pixel_size) else self.pixel_size
+
+    @property
+    def elongation(self) -> float:
+        """Median long/short axis ratio (1 for round cores)."""
+        if not self.long:
+            return float("nan")
+        return float(np.median(np.asarray(self.long) / np.maximum(np.asarray(self.short), 1e-9)))
+
+
+def measure_cores(prep: Prepared, diameter: float, min_score: float = CORE_MIN_SCORE) -> Cores:
+    """The cores of the strong picks of ``prep`` at ``diameter`` Å (see the module doc)."""
     from scipy import ndimage
 
     d_px = diameter / prep.pixel_size
@@ -108,7 +142,7 @@ def core_long_axes(prep: Prepared, diameter: float, min_score: float = CORE_MIN_
     density = -torch.fft.irfft2(prep.spectrum * low, s=prep.shape)  # particles positive
     density = (density - density.median()).cpu().numpy()
     r = int(np.ceil(2 * d_px))
-    axes = []
+    cores = Cores(pixel_size=prep.pixel_size)
     for y, x in np.round(yx).astype(int):
         patch = density[y - r : y + r + 1, x - r : x + r + 1]
         centre = patch[r - 1 : r + 2, r - 1 : r + 2].mean()
@@ -121,13 +155,37 @@ def core_long_axes(prep: Prepared, diameter: float, min_score: float = CORE_MIN_
         yy, xx = np.nonzero(core)
         if len(yy) < 5:
             continue
-        largest = float(np.linalg.eigvalsh(np.cov(np.stack([yy, xx]).astype(float)))[-1])
-        axes.append(4 * np.sqrt(max(largest, 0.0)) * prep.pixel_size)
-    return axes
+        values, vectors = np.linalg.eigh(np.cov(np.stack([yy, xx]).astype(float)))
+        cores.long.append(4 * np.sqrt(max(float(values[-1]), 0.0)) * prep.pixel_size)
+        cores.short.append(4 * np.sqrt(max(float(values[0]), 0.0)) * prep.pixel_size)
+        cores.angle.append(float(np.arctan2(vectors[0, -1], vectors[1, -1])))
+        cores.offset.append((float(yy.mean() - r), float(xx.mean() - r)))
+        cores.patches.append(patch.copy())
+    return cores
+
+
+def self_template(cores: Cores) -> np.ndarray:
+    """The average of the cores' patches, each centred on its core and rotated so its long
+    axis lies along x: an oriented template of the particle ``(2r+1, 2r+1)`` (white) for
+    template matching."""
+    import torch.nn.functional as F
+
+    patches = torch.as_tensor(np.stack(cores.patches), dtype=torch.float32)[:, None]
+    theta = torch.as_tensor(cores.angle, dtype=torch.float32)
+    cos, sin = torch.cos(theta), torch.sin(theta)
+    affine = torch.zeros(len(theta), 2, 3)
+    affine[:, 0, 0], affine[:, 0, 1], affine[:, 1, 0], affine[:, 1, 1] = cos, -sin, sin, cos
+    size = patches.shape[-1]
+    offset = torch.as_tensor(cores.offset, dtype=torch.float32) * (2.0 / size)  # pixels -> normalized
+    affine[:, 0, 2], affine[:, 1, 2] = offset[:, 1], offset[:, 0]
+    grid = F.affine_grid(affine, tuple(patches.shape), align_corners=False)
+    aligned = F.grid_sample(patches, grid, align_corners=False)[:, 0]
+    average = aligned.mean(0)
+    return ((average + average.flip(0).flip(1)) / 2).numpy()  # the long axis has no direction
 
 
 def diameter_from_cores(axes: list[float]) -> float | None:
-    """The particle diameter (Å) from the picks' core long axes, or None when too few were measured."""
+    """The particle diameter (Å) from the picks' core long axes (Å), or None when too few were measured."""
     if len(axes) < CORE_MIN_COUNT:
         return None
     return float(round(np.percentile(axes, CORE_PERCENTILE) / CORE_CALIBRATION, 1))
