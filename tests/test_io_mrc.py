@@ -6,6 +6,7 @@ import mrcfile
 import numpy as np
 import pytest
 
+import cryoflow.io.mrc
 from cryoflow.errors import CryoflowError
 from cryoflow.io import open_stack, read_info, read_micrograph, write_mrc
 
@@ -75,7 +76,7 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(mrcfile.mrcfile.MrcFile, "update_header_stats", boom)
+    monkeypatch.setattr(cryoflow.io.mrc, "_set_header_stats", boom)
     with pytest.raises(RuntimeError):
         write_mrc(target, np.zeros((8, 8)), pixel_size=1.0)
     assert target.read_bytes() == before  # the old file is intact
@@ -88,3 +89,37 @@ def test_real_micrographs(shared_data):
     assert apix == pytest.approx(2.6664, abs=1e-3)
     image, apix = read_micrograph(shared_data / "micrographs" / "diamond_epu_bin4.mrc")
     assert image.shape == (959, 927) and apix == pytest.approx(3.4152, abs=1e-3)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.int16, np.float16])
+def test_header_stats_as_mrcfile(tmp_path, dtype):
+    rng = np.random.default_rng(1)
+    data = (rng.standard_normal((3, 300, 700)) * 7 + 20).astype(dtype)  # several stats chunks, mean >> 0
+    ours = write_mrc(tmp_path / "ours.mrcs", data, pixel_size=1.0, dtype=dtype)
+    theirs = tmp_path / "theirs.mrcs"
+    with mrcfile.new(theirs) as mrc:
+        mrc.set_data(data)
+    with mrcfile.open(ours) as a, mrcfile.open(theirs) as b:
+        for field in ("dmin", "dmax", "dmean", "rms"):
+            assert a.header[field].dtype == np.float32
+            assert float(a.header[field]) == pytest.approx(float(b.header[field]), rel=1e-5), field
+        assert a.is_image_stack() and a.header.label[0].decode().startswith("written by cryoflow")
+        np.testing.assert_array_equal(a.data, data)
+    # the same data written twice: the same bytes
+    again = write_mrc(tmp_path / "again.mrcs", data, pixel_size=1.0, dtype=dtype)
+    assert again.read_bytes() == ours.read_bytes()
+
+
+def test_read_micrograph_memory_mapped(tmp_path):
+    data = np.random.default_rng(2).standard_normal((64, 80)).astype(np.float32)
+    path = write_mrc(tmp_path / "m.mrc", data, pixel_size=1.2)
+    image, apix = read_micrograph(path, mmap=True)
+    assert not image.flags.owndata and not image.flags.writeable  # a view of the read-only map
+    assert image.dtype == np.float32 and apix == pytest.approx(1.2)
+    np.testing.assert_array_equal(image, data)
+    # other modes are converted; NaN is still an error
+    image16, _ = read_micrograph(write_mrc(tmp_path / "i.mrc", data * 100, pixel_size=1.0, dtype=np.int16), mmap=True)
+    np.testing.assert_array_equal(image16, (data * 100).astype(np.int16).astype(np.float32))
+    data[5, 6] = np.inf
+    with pytest.raises(CryoflowError, match="1 NaN or Inf"):
+        read_micrograph(write_mrc(tmp_path / "inf.mrc", data, pixel_size=1.0), mmap=True)

@@ -22,8 +22,10 @@ Choices (written to ``summary.json`` and explained in the report)
 - Box: ``box`` output pixels if given, else :data:`particle_images.BOX_FACTOR` (1.5) x the
   particle diameter (``diameter`` Å, else ``diameter_A`` of the pick step's ``summary.json``),
   rounded up to an even size whose prime factors are 2, 3, 5.
-- ``binning`` F: a window of ``box * F`` micrograph pixels (rounded to even) is cut and
-  Fourier-cropped to ``box``; the image pixel size is ``micrograph pixel * window / box``.
+- ``binning`` F: a window of ``box * F`` micrograph pixels (rounded to even) is the particle's
+  extent; the whole micrograph is Fourier-cropped by ``window / box`` once and ``box``-pixel
+  boxes are cut from it, centred within half a binned pixel of the coordinate; the image pixel
+  size is ``micrograph pixel * window / box``. Micrographs are read memory-mapped.
 - Contrast inverted (particles white); background = outside a circle of diameter 0.75 x box
   (RELION's default ``bg_radius``), ramp removed, mean 0 and std 1 there.
 - ``phase_flip``: multiply by ``sign(CTF)`` of the micrograph's CTF (rlnCtfDataArePhaseFlipped 1).
@@ -60,7 +62,7 @@ COORDINATES_STAR = "coordinates.star"
 PICK_SUMMARY = "summary.json"
 STACK_DIR = "Particles"
 GALLERY = 48  # particles kept for the report
-CHUNK_PIXELS = 1 << 25  # full-resolution pixels processed at once (128 MiB of float32)
+CHUNK_PIXELS = 1 << 25  # output pixels cut and normalized at once (128 MiB of float32)
 
 
 def is_carried(column: str) -> bool:
@@ -385,41 +387,47 @@ def run_extract(
             if kept.empty:
                 per_mic.append(record)
                 continue
-            image, _ = read_micrograph(path, pixel_size=apix)
-            with warnings.catch_warnings():  # a read-only array (never written to here)
+            image, _ = read_micrograph(path, pixel_size=apix, mmap=True)
+            with warnings.catch_warnings():  # a read-only memory map (never written to here)
                 warnings.simplefilter("ignore", UserWarning)
                 image_t = torch.from_numpy(image).to(device)
             group = int(optics_rows["rlnOpticsGroup"].iloc[i])
             used_groups[group] = apix
             opt = optics_rows.iloc[i]
-            chunk = max(1, CHUNK_PIXELS // choice.window**2)
-            x0, y0 = x0[keep], y0[keep]
             flip = None
             if phase_flip:  # one micrograph CTF: the same sign map for every particle (broadcast)
                 flip = pim.ctf_sign(
-                    choice.window,
-                    apix,
+                    choice.box,
+                    apix * choice.window / choice.box,  # the window's frequencies kept by binning
                     *defocus,
                     float(opt["rlnVoltage"]),
                     float(opt["rlnSphericalAberration"]),
                     float(opt["rlnAmplitudeContrast"]),
                     float(phase[i]) if np.isfinite(phase[i]) else 0.0,
                     device=device,
-                )
-            out_images = []
-            for s in range(0, len(kept), chunk):
-                boxes = pim.gather_boxes(image_t, y0[s : s + chunk], x0[s : s + chunk], choice.window)
-                out_images.append(pim.process_boxes(boxes, choice.box, bg_radius, flip, ramp=ramp).cpu())
-            stack = torch.cat(out_images).numpy()
+                )[0]
+            stack_t = pim.cut_particles(
+                image_t,
+                x[keep],
+                y[keep],
+                choice.box,
+                choice.window,
+                bg_radius,
+                flip,
+                ramp=ramp,
+                max_pixels=CHUNK_PIXELS,
+            ).cpu()
+            del image, image_t
+            stack = stack_t.numpy()
             rel = stack_name(name)
             write_mrc(tmp / rel, stack, apix * choice.window / choice.box, stack=True)
-            average += torch.from_numpy(stack).sum(0, dtype=torch.float64)
+            average += (torch.ones(1, len(stack_t)) @ stack_t.reshape(len(stack_t), -1)).reshape(average.shape).double()
             n_done += len(stack)
             record["extracted"] = len(stack)
             per_mic.append(record)
             if len(gallery) < GALLERY:
                 take = min(len(stack), max(1, GALLERY // max(len(order), 1)), GALLERY - len(gallery))
-                gallery.extend(stack[:take])
+                gallery.extend(stack[:take].copy())  # copies: a view would keep the whole stack in memory
                 captions.extend(f"{Path(name).stem} #{j + 1}" for j in range(take))
             frame = pd.DataFrame(
                 {
@@ -455,6 +463,11 @@ def run_extract(
             "micrographs_with_particles": int(sum(1 for r in per_mic if r["extracted"])),
             "n_picked": int(sum(r["picked"] for r in per_mic)),
             "n_particles": len(particles),
+            # what leaves the step, for the run's index: micrographs with particles, particles
+            "stage": {
+                "micrographs": int(sum(1 for r in per_mic if r["extracted"])),
+                "particles": len(particles),
+            },
             "dropped_at_edges": int(sum(r["dropped_at_edges"] for r in per_mic)),
             "skipped_no_ctf": int(sum(r["picked"] for r in per_mic if r["skipped"])),
             "unmatched_coordinates": n_unmatched,

@@ -6,7 +6,9 @@ Conventions
 - A box is centred as RELION centres it: the particle's pixel (coordinate rounded half up)
   sits at index ``B // 2`` of the box (the FFT origin after ``ifftshift``), so the box spans
   ``round(c) - B // 2`` to ``round(c) + B // 2 - 1``. No sub-pixel shift is applied (RELION
-  does none either); the residual offset is at most half a pixel.
+  does none either); the residual offset is at most half a pixel. With binning the whole
+  micrograph is binned once (:func:`bin_micrograph`) and the box is centred on the coordinate
+  rounded at the binned scale (:func:`binned_starts`): the offset is at most half a binned pixel.
 - Frequencies are in Å⁻¹ (``ky`` along rows). The CTF is :func:`cryoflow.optics.ctf_values`
   (RELION convention). Extracted images have their contrast inverted (particles white), so an
   image is ``CTF ⊗ projection``; phase flipping multiplies its Fourier transform by
@@ -19,6 +21,7 @@ Conventions
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -117,23 +120,77 @@ def ctf_sign(
     return torch.where(ctf < 0, -1.0, 1.0).to(torch.float32)
 
 
+def _smooth(n: int) -> bool:
+    for p in (2, 3, 5):
+        while n % p == 0:
+            n //= p
+    return n == 1
+
+
+def padded_size(n: int, box: int, window: int) -> int:
+    """Micrograph side (pixels, >= ``n``) for Fourier binning by ``window / box`` on the whole micrograph.
+
+    A multiple of ``2 q`` (``box / window = p / q`` in lowest terms), so that the binned side
+    ``n' p / q`` is a whole even number; the smallest such size (within +12.5 %) whose full and
+    binned sides have only the prime factors 2, 3 and 5 (fast FFTs), else the smallest multiple.
+    """
+    g = math.gcd(box, window)
+    p, q = box // g, window // g
+    first = -(-n // (2 * q)) * 2 * q
+    for m in range(first, first + max(n // 8, 2 * q) + 1, 2 * q):
+        if _smooth(m) and _smooth(m * p // q):
+            return m
+    return first
+
+
+def bin_micrograph(image: torch.Tensor, box: int, window: int) -> torch.Tensor:
+    """Fourier-bin a whole micrograph by ``window / box``, as :func:`fourier_crop` bins each box.
+
+    ``image``: ``(H, W)``. The micrograph is padded at its far edges with its mean to
+    :func:`padded_size` ``(H', W')`` and Fourier-cropped to ``(H' p / q, W' p / q)``
+    (``p / q = box / window``): the binned pixel ``(j, i)`` lies at micrograph pixel
+    ``(j q / p, i q / p)``, and the pixel size becomes ``pixel size x window / box``. Values are
+    scaled by ``(p / q)²`` so the mean is kept.
+
+    Separable: a real FFT along x keeps only the columns below the binned Nyquist, then the
+    FFT along y and the crop of rows, then the inverse transforms on the binned grid.
+    """
+    g = math.gcd(box, window)
+    p, q = box // g, window // g
+    h, w = image.shape
+    hp, wp = padded_size(h, box, window), padded_size(w, box, window)
+    image = image.float()
+    if (hp, wp) != (h, w):
+        image = torch.nn.functional.pad(image[None], (0, wp - w, 0, hp - h), value=float(image.mean()))[0]
+    mh, mw = hp * p // q, wp * p // q
+    spectrum = torch.fft.rfft(image, dim=1)[:, : mw // 2 + 1]
+    spectrum = torch.fft.fft(spectrum, dim=0)
+    if mh < hp:
+        spectrum = torch.cat([spectrum[: mh // 2], spectrum[hp - mh // 2 :]])
+    spectrum *= (mh * mw) / (hp * wp)
+    spectrum = torch.fft.ifft(spectrum, dim=0)
+    return torch.fft.irfft(spectrum, n=mw, dim=1)
+
+
+def binned_starts(coords: torch.Tensor, box: int, window: int) -> torch.Tensor:
+    """First pixel of each box in the micrograph binned by ``window / box`` (:func:`bin_micrograph`).
+
+    The coordinate (micrograph pixels) is scaled by ``box / window`` and rounded half up, as
+    :func:`box_starts` rounds at full scale: the particle sits within half a *binned* pixel of
+    the box centre ``box // 2`` (half a micrograph pixel when not binning).
+    """
+    return torch.floor(coords.double() * box / window + 0.5).long() - box // 2
+
+
 def background_mask(box: int, bg_radius: float, device=None) -> torch.Tensor:
     """``(box, box)`` bool: pixels farther than ``bg_radius`` (pixels) from the box centre ``(box // 2, box // 2)``."""
     r = torch.arange(box, device=device, dtype=torch.float32) - box // 2
     return (r[:, None] ** 2 + r[None, :] ** 2) > bg_radius**2
 
 
-def normalize_background(images: torch.Tensor, bg_radius: float, ramp: bool = True, scale: float = 1.0) -> torch.Tensor:
-    """Zero mean, unit standard deviation in the background ring, as RELION normalizes.
-
-    ``images``: ``(N, B, B)``; ``bg_radius``: pixels. With ``ramp`` a plane ``a + b x + c y`` is
-    fitted to each image's background by least squares and subtracted; without it only the
-    background mean is. The result is multiplied by ``scale`` (-1 inverts the contrast).
-    Batched as matrix products: moments ``(N, 3)``, a 3 x 3 solve, one ``addmm``. Images whose
-    background is flat (std 0) come out as zeros.
-    """
-    n, box, _ = images.shape
-    dtype, device = images.dtype, images.device
+@functools.lru_cache(maxsize=8)
+def _background_model(box: int, bg_radius: float, ramp: bool, dtype: torch.dtype, device: torch.device):
+    """Background mask ``(B²,)``, design ``(B², k)`` (1, x, y or 1), masked design and ``(k, k)`` inverse Gram matrix."""
     mask = background_mask(box, bg_radius, device).reshape(-1).to(dtype)  # (B²,)
     r = torch.arange(box, device=device, dtype=dtype) - box // 2
     yy, xx = torch.meshgrid(r, r, indexing="ij")
@@ -141,12 +198,41 @@ def normalize_background(images: torch.Tensor, bg_radius: float, ramp: bool = Tr
     design = torch.stack([ones, xx.reshape(-1), yy.reshape(-1)], dim=1) if ramp else ones[:, None]  # (B², k)
     weighted = design * mask[:, None]
     gram = (weighted.T.double() @ design.double()).inverse().to(dtype)  # (k, k)
+    return mask, design, weighted, gram
+
+
+def normalize_background(
+    images: torch.Tensor, bg_radius: float, ramp: bool = True, scale: float = 1.0, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Zero mean, unit standard deviation in the background ring, as RELION normalizes.
+
+    ``images``: ``(N, B, B)``; ``bg_radius``: pixels. With ``ramp`` a plane ``a + b x + c y`` is
+    fitted to each image's background by least squares and subtracted; without it only the
+    background mean is. The result is multiplied by ``scale`` (-1 inverts the contrast).
+    Batched as matrix products: moments ``(N, 3)``, a 3 x 3 solve, one ``addmm``. Images whose
+    background is flat (std 0) come out as zeros. ``out``: ``(N, B, B)`` float32 to write the
+    result to (may be ``images`` itself: normalized in place); a new tensor if ``None``.
+
+    Passes over the batch: the moments (one read), the plane subtracted (one read and write,
+    into ``out``), the background variance (one read, squares taken a few images at a time, a
+    small temporary) and the scaling (in place). The fixed matrices are cached per box size.
+    """
+    n, box, _ = images.shape
+    mask, design, weighted, gram = _background_model(box, float(bg_radius), ramp, images.dtype, images.device)
     flat = images.reshape(n, -1)
     coeffs = (flat @ weighted) @ gram  # (N, k) least-squares fit on the background
-    flat = torch.addmm(flat, coeffs, design.T, alpha=-1)  # minus the fitted background
-    var = (flat * flat) @ mask / max(float(mask.sum()) - design.shape[1], 1.0)
+    result = flat if out is None or out is images else out.reshape(n, -1)
+    if out is None:
+        result = torch.addmm(flat, coeffs, design.T, alpha=-1)  # minus the fitted background
+    elif result.data_ptr() == flat.data_ptr():
+        result.addmm_(coeffs, design.T, alpha=-1)
+    else:
+        torch.addmm(flat, coeffs, design.T, alpha=-1, out=result)
+    step = max(1, (1 << 21) // (box * box))  # ~8 MiB of squares at a time
+    var = torch.cat([result[s : s + step].square() @ mask for s in range(0, n, step)]) if n else mask[:0]
+    var /= max(float(mask.sum()) - design.shape[1], 1.0)
     factor = torch.where(var > 0, scale / var.clamp_min(1e-30).sqrt(), 0.0)
-    return flat.mul_(factor[:, None]).reshape(n, box, box)
+    return result.mul_(factor[:, None]).reshape(n, box, box)
 
 
 def process_boxes(
@@ -171,3 +257,48 @@ def process_boxes(
             spectrum = spectrum * flip_sign
         images = torch.fft.irfft2(fourier_crop(spectrum, size, box), s=(box, box))
     return normalize_background(images, bg_radius, ramp=ramp, scale=-1.0)  # inverted: particles white
+
+
+def cut_particles(
+    image: torch.Tensor,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    box: int,
+    window: int,
+    bg_radius: float,
+    flip_sign: torch.Tensor | None = None,
+    ramp: bool = True,
+    max_pixels: int = 1 << 25,
+) -> torch.Tensor:
+    """Particle images ``(N, box, box)`` float32 (particles white, normalized) from one micrograph.
+
+    ``x, y``: ``(N,)`` coordinates (micrograph pixels) whose ``window``-pixel boxes lie inside
+    ``image`` ``(H, W)`` (:func:`inside`). Binning (``box < window``) is done on the whole
+    micrograph once (:func:`bin_micrograph`, one FFT of the micrograph instead of one per
+    particle) and the ``box``-pixel boxes are cut from it at :func:`binned_starts`. Compared with
+    binning each window (:func:`process_boxes`), the box edges differ (no wrap-around inside the
+    window) and the particle is within half a *binned* pixel of the box centre (half a micrograph
+    pixel without binning). ``flip_sign``: ``(box, box // 2 + 1)`` sign map of the output box
+    (:func:`ctf_sign` at the output pixel size; the frequencies of the window's grid below the
+    binned Nyquist) multiplied into each box's spectrum (phase flipping, per box as before).
+    Boxes are cut and processed ``max_pixels`` output pixels at a time.
+    """
+    if box != window:
+        image = bin_micrograph(image, box, window)
+        x0, y0 = binned_starts(x, box, window), binned_starts(y, box, window)
+        # never needed when the window fits (the rounding keeps the binned box inside); a safeguard
+        x0 = x0.clamp(0, image.shape[1] - box)
+        y0 = y0.clamp(0, image.shape[0] - box)
+    else:
+        x0, y0 = box_starts(x, box), box_starts(y, box)
+    n = len(x0)
+    chunk = max(1, max_pixels // box**2)
+    out = None if n <= chunk else torch.empty(n, box, box, dtype=torch.float32, device=image.device)
+    for s in range(0, n, chunk):
+        boxes = gather_boxes(image, y0[s : s + chunk], x0[s : s + chunk], box).float()
+        if flip_sign is not None:
+            boxes = torch.fft.irfft2(torch.fft.rfft2(boxes) * flip_sign, s=(box, box))
+        if out is None:  # one batch: normalized in place
+            return normalize_background(boxes, bg_radius, ramp=ramp, scale=-1.0, out=boxes)
+        normalize_background(boxes, bg_radius, ramp=ramp, scale=-1.0, out=out[s : s + chunk])
+    return out
