@@ -72,6 +72,135 @@ def test_workflow_runs_on_tiny_dataset(tmp_path):
     assert summary["micrographs"] == truth["n_micrographs"] > 0
 
 
+def test_job_files_name_the_workflows_inputs():
+    """Every example job file fills only inputs its workflow declares, and every required one."""
+    for job in sorted((ROOT / "workflows").glob("*.job.yml")):
+        workflow = YAML(typ="safe").load(job.with_name(job.name.replace(".job.yml", ".cwl")).read_text())
+        values = YAML(typ="safe").load(job.read_text())
+        declared = workflow["inputs"]
+        assert set(values) <= set(declared), f"{job.name}: {set(values) - set(declared)} not inputs"
+        required = {
+            name for name, spec in declared.items() if "default" not in spec and not str(spec["type"]).endswith("?")
+        }
+        assert required <= set(values), f"{job.name}: required inputs {required - set(values)} missing"
+
+
+# --- pick and extract tools, the screening workflow: a tiny job through each --------------------
+
+DIAMETER = 115.0  # Å, about the tiny preset's particles (7DDO and a 120 Å rod)
+
+
+@pytest.fixture(scope="module")
+def good_tiny(tmp_path_factory) -> Path:
+    """Three all-good micrographs of the tiny preset (256² px at 3 Å/px), with ground truth."""
+    from cryoflow.simulate import simulate_dataset
+
+    folder = tmp_path_factory.mktemp("cwl") / "data"
+    return simulate_dataset(
+        folder, preset="tiny", seed=2, n_micrographs=3, squares=("good",), report=False, workers=1
+    ).path
+
+
+def pick_scores(pick_dir: Path, data: Path, diameter: float) -> dict:
+    """Precision/recall/F1 of a pick folder against the truth, micrographs matched by base name
+
+    (a step in CWL sees the micrographs under a staging path, so its names may differ in front).
+    """
+    from cryoflow.io import read_blocks
+    from cryoflow.picking import search
+    from cryoflow.picking.pick_bench import score_coordinates
+    from cryoflow.simulate import read_truth
+
+    truth = read_truth(data)
+    by_base = {Path(name).name: name for name in truth[0].table["rlnMicrographName"]}
+    picks = {}
+    for _, row in read_blocks(pick_dir / "coordinates.star")["coordinate_files"].iterrows():
+        table = next(iter(read_blocks(pick_dir / row["rlnMicrographCoordinates"]).values()))
+        picks[by_base[Path(row["rlnMicrographName"]).name]] = table[["rlnCoordinateX", "rlnCoordinateY"]].to_numpy(
+            float
+        )
+    apix = float(truth[0].optics["rlnMicrographPixelSize"].iloc[0])
+    return score_coordinates(picks, data, search.EDGE_MARGIN * diameter / apix / 2, truth_tables=truth)
+
+
+@pytest.mark.slow
+def test_pick_and_extract_tools_run(good_tiny, tmp_path):
+    """pick.cwl, then extract.cwl on its folder: micrographs found through --images, picks right."""
+    from cryoflow.io import read_blocks, read_info
+
+    star = good_tiny / "truth" / "micrographs_truth.star"  # micrographs with their (true) CTF
+    common = ["--micrographs", str(star), "--images", str(good_tiny), "--device", "cpu"]
+    result = cwltool(
+        "--no-container",
+        "--outdir",
+        str(tmp_path / "out"),
+        str(ROOT / "tools" / "pick.cwl"),
+        *common,
+        "--diameter",
+        str(DIAMETER),
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    picked = json.loads(result.stdout)
+    pick_dir = Path(picked["out_dir"]["path"])
+    assert picked["coordinates"]["path"] == str(pick_dir / "coordinates.star")
+    assert Path(picked["report"]["path"]).is_file() and picked["report"]["format"].endswith("format_2331")
+    summary = json.loads(Path(picked["summary"]["path"]).read_text())
+    scores = pick_scores(pick_dir, good_tiny, DIAMETER)
+    assert scores["f1"] >= 0.8, scores
+    assert summary["stage"] == {"micrographs": 3, "particles": scores["picks"]}
+
+    result = cwltool(
+        "--no-container",
+        "--outdir",
+        str(tmp_path / "out"),
+        str(ROOT / "tools" / "extract.cwl"),
+        *common,
+        "--coordinates",
+        str(pick_dir),
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    extracted = json.loads(result.stdout)
+    out = Path(extracted["out_dir"]["path"])
+    summary = json.loads(Path(extracted["summary"]["path"]).read_text())
+    # the box came from the pick folder's diameter; every pick extracted unless its box left the micrograph
+    assert summary["diameter_A"] == DIAMETER and summary["box"] >= 1.5 * DIAMETER / summary["pixel_size"]
+    particles = read_blocks(Path(extracted["particles"]["path"]))["particles"]
+    assert len(particles) == summary["stage"]["particles"] == scores["picks"] - summary["dropped_at_edges"] > 0
+    # particles.star names N@stack relative to the step folder, each stack holds its particles
+    stacks = particles["rlnImageName"].str.split("@").str[1].value_counts()
+    for stack, count in stacks.items():
+        assert read_info(out / stack).shape == (count, summary["box"], summary["box"])
+    assert Path(extracted["particles_cs"]["path"]).stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_screening_workflow_runs(good_tiny, tmp_path):
+    """workflows/screening.cwl (ctf, micassess, pick) on the tiny all-good micrographs."""
+    from cryoflow.commands.demo import job_inputs
+
+    job = tmp_path / "job.json"
+    inputs = job_inputs(ROOT / "workflows" / "screening.cwl", good_tiny)  # micrographs + optics
+    job.write_text(json.dumps({**inputs, "diameter": DIAMETER}))
+    result = cwltool(
+        "--no-container", "--outdir", str(tmp_path / "out"), str(ROOT / "workflows" / "screening.cwl"), str(job)
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    outputs = json.loads(result.stdout)
+    assert {Path(outputs[k]["path"]).name for k in ("ctf_dir", "micassess_dir", "pick_dir")} == {
+        "ctf",
+        "micassess",
+        "pick",
+    }
+    micassess = json.loads((Path(outputs["micassess_dir"]["path"]) / "summary.json").read_text())
+    pick_dir = Path(outputs["pick_dir"]["path"])
+    pick = json.loads((pick_dir / "summary.json").read_text())
+    assert micassess["good"] == pick["micrographs"] == 3  # the good micrographs went to picking
+    scores = pick_scores(pick_dir, good_tiny, DIAMETER)
+    assert scores["f1"] >= 0.8, scores
+
+
 # --- cwl_utils: the parser loads every file, its static checker and ours find no type error ----
 
 

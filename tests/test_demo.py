@@ -167,18 +167,29 @@ def test_demo_runs_the_workflow_and_resumes(demo_run, capsys):
     # every micrograph simulated went through both steps of the workflow
     assert ctf["micrographs"] == micassess["micrographs"] == truth["n_micrographs"] == 6
     assert micassess["good"] + micassess["rejected"] == truth["n_micrographs"]
+    # the good micrographs were picked, the picks extracted (those whose box fits the micrograph)
+    pick = json.loads((run / "pick" / "summary.json").read_text())
+    extract = json.loads((run / "extract" / "summary.json").read_text())
+    assert pick["micrographs"] == micassess["good"] and pick["stage"]["particles"] > 0
+    assert extract["n_picked"] == pick["stage"]["particles"]
+    assert extract["stage"]["particles"] == extract["n_picked"] - extract["dropped_at_edges"] > 0
+    particles = (run / "extract" / "particles.star").read_text()
+    assert particles.count("@Particles/") == extract["stage"]["particles"]
     # one run folder, one sub-folder per step, the outputs listed where they now lie
     outputs = json.loads((run / "outputs.json").read_text())
     assert outputs["ctf_dir"] == "ctf" and outputs["micrographs_good"] == "micassess/micrographs_good.star"
-    for name in ("ctf", "micassess"):
+    assert outputs["pick_dir"] == "pick" and outputs["extract_dir"] == "extract"
+    assert outputs["particles"] == "extract/particles.star"
+    for name in ("ctf", "micassess", "pick", "extract"):
         assert info["steps"][name]["status"] == "success" and info["steps"][name]["seconds"] > 0
     html = (run / "index.html").read_text()
-    for folder in ("simulate", "ctf", "micassess"):
+    for folder in ("simulate", "ctf", "micassess", "pick", "extract"):
         assert f'href="{folder}/report.html"' in html
+    assert f">{extract['stage']['particles']}<" in html  # particles leaving extract, from its "stage"
     assert (run / "pipeline.png").is_file()
 
     # as if interrupted during micassess: its cache entry, its folder and the index are gone;
-    # a re-run redoes micassess only
+    # a re-run redoes micassess, not the steps before it
     cached = re.search(r"\[job micassess\] Output of job will be cached in (\S+)", (run / "cwltool.log").read_text())
     shutil.rmtree(cached.group(1))
     Path(cached.group(1) + ".status").unlink()
@@ -190,6 +201,8 @@ def test_demo_runs_the_workflow_and_resumes(demo_run, capsys):
     again = json.loads((run / "run.json").read_text())
     assert again["status"] == "success"
     assert [again["steps"][s]["status"] for s in ("simulate", "ctf", "micassess")] == ["cached", "cached", "success"]
+    # the steps after it ran again or came from cache (cwltool's cache key holds input paths)
+    assert {again["steps"][s]["status"] for s in ("pick", "extract")} <= {"cached", "success"}
     # cached steps keep the time they took when they ran
     assert again["steps"]["ctf"]["seconds"] == info["steps"]["ctf"]["seconds"]
     assert (run / "micassess" / "micrographs_good.star").is_file() and (run / "index.html").is_file()
@@ -219,7 +232,14 @@ def test_index_in_chromium(demo_run):
     assert code == 0, json.dumps(report, indent=2)
     pages = {Path(p["page"]).relative_to(demo_run).as_posix(): p for p in report["pages"]}
     # the index and every step report it links to were opened, each with its images
-    assert set(pages) == {"index.html", "simulate/report.html", "ctf/report.html", "micassess/report.html"}
+    assert set(pages) == {
+        "index.html",
+        "simulate/report.html",
+        "ctf/report.html",
+        "micassess/report.html",
+        "pick/report.html",
+        "extract/report.html",
+    }
     assert pages["index.html"]["images"] == 1  # the pipeline graph
     assert all(p["images"] > 0 for p in pages.values())
 

@@ -4,10 +4,12 @@ class: Workflow
 id: cryoflow_preprocess
 label: "cryoflow preprocessing"
 doc: |
-  Micrographs in, assessed micrographs out: CTF estimation with quality metrics, then
-  bad-micrograph detection. Picking, extraction, 2D classification, class selection and
-  feedback join as they land (issue 7). Every step writes its folder (report.html,
-  summary.json) into the output directory; `cryoflow report` indexes them.
+  Micrographs in, particle stack out: CTF estimation with quality metrics, bad-micrograph
+  detection, particle picking on the good micrographs (diameter and threshold chosen from the
+  data unless given) and extraction into normalized stacks with particles.star (RELION 3.1)
+  and particles.cs (cryoSPARC). 2D classification, class selection and feedback join as they
+  land (issue 7). Every step writes its folder (report.html, summary.json) into the output
+  directory; `cryoflow report` indexes them.
 $namespaces:
   sbg: https://www.sevenbridges.com/
 inputs:
@@ -41,6 +43,25 @@ inputs:
     label: Amplitude contrast
     sbg:x: 0
     sbg:y: 600
+  diameter:
+    type: float?
+    label: Particle diameter (Å)
+    doc: Particle diameter in Å; default, searched from the data by the pick step (extract sizes its box from it).
+    sbg:x: 600
+    sbg:y: 500
+  box:
+    type: int?
+    label: Box size (px)
+    doc: Particle box in output pixels (even); default, 1.5 x the diameter rounded up to an FFT-friendly size.
+    sbg:x: 900
+    sbg:y: 550
+  bin:
+    type: float
+    default: 1.0
+    label: Binning factor
+    doc: Fourier binning of the particle images (>= 1).
+    sbg:x: 900
+    sbg:y: 700
 steps:
   ctf:
     run: ../tools/ctf.cwl
@@ -63,6 +84,28 @@ steps:
     out: [out_dir, micrographs_good, micrographs_rejected, summary]
     sbg:x: 600
     sbg:y: 300
+  pick:
+    run: ../tools/pick.cwl
+    label: Picking
+    in:
+      micrographs: micassess/micrographs_good
+      images: micrographs
+      diameter: diameter
+    out: [out_dir, coordinates, report, summary]
+    sbg:x: 900
+    sbg:y: 300
+  extract:
+    run: ../tools/extract.cwl
+    label: Extraction
+    in:
+      micrographs: micassess/micrographs_good
+      coordinates: pick/out_dir
+      images: micrographs
+      box: box
+      bin: bin
+    out: [out_dir, particles, particles_cs, report, summary]
+    sbg:x: 1200
+    sbg:y: 300
 outputs:
   ctf_dir:
     type: Directory
@@ -75,10 +118,28 @@ outputs:
     label: Micrograph assessment
     outputSource: micassess/out_dir
     sbg:x: 900
-    sbg:y: 200
+    sbg:y: 100
   micrographs_good:
     type: File
     label: Good micrographs
     outputSource: micassess/micrographs_good
     sbg:x: 900
+    sbg:y: -100
+  pick_dir:
+    type: Directory
+    label: Picks
+    outputSource: pick/out_dir
+    sbg:x: 1200
+    sbg:y: 100
+  extract_dir:
+    type: Directory
+    label: Particle stacks
+    outputSource: extract/out_dir
+    sbg:x: 1500
+    sbg:y: 200
+  particles:
+    type: File
+    label: Particles (STAR)
+    outputSource: extract/particles
+    sbg:x: 1500
     sbg:y: 400

@@ -1,0 +1,97 @@
+#!/usr/bin/env cwl-runner
+cwlVersion: v1.0
+class: CommandLineTool
+id: cryoflow_pick
+label: "cryoflow pick: particle picking with parameters chosen from the data"
+doc: |
+  Picks particles on every micrograph of a micrographs STAR with CTF columns (micassess's
+  micrographs_good.star or the CTF step's micrographs_ctf.star): a CTF-aware centre-surround
+  filter at the particle's size, scores in standard deviations of the noise, the diameter
+  searched and the threshold chosen against a noise null unless given, contamination, carbon
+  and thick ice excluded. Writes RELION AutoPick coordinate files
+  (coordinates/<micrograph>_autopick.star), coordinates.star indexing them (paths relative to
+  the output folder, so pass the whole folder to extract), summary.json (every chosen
+  parameter with its evidence) and report.html.
+$namespaces:
+  sbg: https://www.sevenbridges.com/
+  edam: http://edamontology.org/
+hints:
+  DockerRequirement:
+    dockerPull: cryoflow:cpu
+  ResourceRequirement:
+    coresMin: 2
+    ramMin: 4096
+baseCommand: [cryoflow, pick]
+arguments:
+  - {prefix: --out, valueFrom: $(inputs.out_name)}
+inputs:
+  micrographs:
+    type: File
+    label: Micrographs (STAR)
+    doc: RELION 3.1+ micrographs STAR with CTF columns (micrographs_good.star of micassess, or micrographs_ctf.star).
+    inputBinding: {prefix: --micrographs}
+  images:
+    type: Directory
+    label: Micrograph folder
+    doc: The folder of micrographs the STAR file names (given to the CTF step); the images are looked up in it.
+    inputBinding: {prefix: --images}
+  diameter:
+    type: float?
+    label: Particle diameter (Å)
+    doc: Particle diameter in Å; default, searched from the data (the response of the filter over a range of sizes).
+    inputBinding: {prefix: --diameter}
+  threshold:
+    type: float?
+    label: Score threshold (σ)
+    doc: Score threshold in standard deviations of the noise; default, chosen from the data against a noise null.
+    inputBinding: {prefix: --threshold}
+  templates:
+    type: File?
+    label: Templates (class averages)
+    doc: A .mrcs stack of 2D class averages to pick by template matching (rotated, CTF-matched) instead of the blob filter.
+    inputBinding: {prefix: --templates}
+  template_classes:
+    type: string?
+    label: Template classes
+    doc: Comma-separated 1-based classes of the templates stack to use (e.g. 1,4,7); default, all.
+    inputBinding: {prefix: --template-classes}
+  no_report:
+    type: boolean
+    default: false
+    label: Skip the report
+    doc: Skip report.html and its figures (summary.json is still written).
+    inputBinding: {prefix: --no-report}
+  device:
+    type: string
+    default: auto
+    label: Device
+    doc: Where torch runs, auto, cpu or cuda.
+    inputBinding: {prefix: --device}
+  out_name:
+    type: string
+    default: pick
+    label: Output folder name
+    doc: Name of the step's output folder in the working directory.
+outputs:
+  out_dir:
+    type: Directory
+    label: Pick step folder
+    doc: coordinates.star, coordinates/*_autopick.star, report.html, figures/, summary.json; the input of extract.
+    outputBinding: {glob: $(inputs.out_name)}
+  coordinates:
+    type: File
+    label: Coordinate index (STAR)
+    doc: coordinates.star, block coordinate_files (rlnMicrographName, rlnMicrographCoordinates); the files it names lie in out_dir, relative to it.
+    outputBinding: {glob: $(inputs.out_name)/coordinates.star}
+  report:
+    type: File?
+    label: Report
+    doc: report.html, the chosen parameters and why, picks drawn on micrographs (absent with no_report).
+    format: edam:format_2331
+    outputBinding: {glob: $(inputs.out_name)/report.html}
+  summary:
+    type: File
+    label: Summary
+    doc: summary.json with the step's key figures and every chosen parameter.
+    format: edam:format_3464
+    outputBinding: {glob: $(inputs.out_name)/summary.json}
