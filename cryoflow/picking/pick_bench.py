@@ -157,10 +157,17 @@ def _topaz_env() -> dict:
     return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
 
 
-def run_topaz(python: str, data_dir: Path, work: Path, diameter_a: float, model: str = "resnet16") -> dict:
+def run_topaz(
+    python: str,
+    data_dir: Path,
+    work: Path,
+    diameter_a: float,
+    model: str = "resnet16",
+    diameter_px: float = TOPAZ_DIAMETER_PX,
+) -> dict:
     """Topaz's pretrained picker on a simulated dataset's micrographs, as a separate program.
 
-    ``topaz preprocess`` (Fourier downsampling so the particle is ~``TOPAZ_DIAMETER_PX`` across,
+    ``topaz preprocess`` (Fourier downsampling by an integer so the particle is ~``diameter_px`` across,
     GMM normalisation) then ``topaz extract`` with the pretrained ``model``, the particle radius
     and threshold -6; the modules are run as ``python -m topaz.commands.X`` because the ``topaz``
     entry point imports the training code, which needs torchvision. Returns the picks in
@@ -174,7 +181,7 @@ def run_topaz(python: str, data_dir: Path, work: Path, diameter_a: float, model:
     apix = float(mics.optics["rlnMicrographPixelSize"].iloc[0])
     h, w = [int(v) for v in json.loads((data_dir / "dataset.json").read_text())["parameters"]["shape"]]
     d_px = diameter_a / apix
-    scale = max(1, int(round(d_px / TOPAZ_DIAMETER_PX)))
+    scale = max(1, int(round(d_px / diameter_px)))
     radius = max(1, int(round(d_px / 2 / scale)))
     raw, pre = work / "micrographs", work / "preprocessed"
     raw.mkdir(parents=True)
@@ -215,13 +222,19 @@ def score_topaz(topaz: dict, data_dir: Path, margin_px: float) -> dict:
     the threshold of the sweep that maximises F1 (chosen with the truth: an upper bound for Topaz).
 
     Topaz's non-maximum suppression is greedy by score, so the picks of ``topaz extract -t T`` are the
-    picks of ``-t -6`` with score >= T and a single extraction serves the whole sweep.
+    picks of ``-t -6`` with score >= T and a single extraction serves the whole sweep. Picks within
+    ``margin_px`` of the edge are dropped first: particles there are not counted as true (cryoflow keeps
+    clear of them), so both pickers are scored on the same area.
     """
     from cryoflow.simulate import read_truth
 
     tables = read_truth(data_dir)
     names = list(tables[0].table["rlnMicrographName"])
+    h, w = [int(v) for v in json.loads((data_dir / "dataset.json").read_text())["parameters"]["shape"]]
     picks = topaz["picks"]
+    x, y = picks["x"], picks["y"]
+    inside = (x >= margin_px) & (y >= margin_px) & (x <= w - 1 - margin_px) & (y <= h - 1 - margin_px)
+    picks = picks[inside]
 
     def at(threshold: float) -> dict:
         kept = picks[picks["score"] >= threshold]
@@ -236,6 +249,7 @@ def score_topaz(topaz: dict, data_dir: Path, margin_px: float) -> dict:
         "sweep": [{k: r[k] for k in ("threshold", "precision", "recall", "f1")} for r in sweep],
         "scale": topaz["scale"],
         "radius_px": topaz["radius_px"],
+        "edge_picks_dropped": int((~inside & (topaz["picks"]["score"] >= 0)).sum()),
         "seconds": {k: round(v, 2) for k, v in topaz["seconds"].items()},
         "seconds_per_micrograph": round(sum(topaz["seconds"].values()) / max(topaz["micrographs"], 1), 3),
     }
@@ -271,9 +285,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--topaz",
         metavar="PYTHON",
-        help="also run Topaz's pretrained picker with this python (of a venv with topaz-em, see above)",
+        help="also run Topaz's pretrained picker with this python (a venv with topaz-em: see the module docstring)",
     )
     parser.add_argument("--topaz-model", default="resnet16", choices=TOPAZ_MODELS, help="Topaz pretrained detector")
+    parser.add_argument(
+        "--topaz-diameter-px",
+        type=float,
+        default=TOPAZ_DIAMETER_PX,
+        help="particle diameter Topaz sees after its downsampling (px; default %(default)s)",
+    )
     args = parser.parse_args(argv)
 
     from cryoflow.picking.pick import run_pick
@@ -317,7 +337,9 @@ def main(argv: list[str] | None = None) -> dict:
                 flush=True,
             )
             if args.topaz:
-                found = run_topaz(topaz_python, data, tmp / f"topaz{j}", true_d, args.topaz_model)
+                found = run_topaz(
+                    topaz_python, data, tmp / f"topaz{j}", true_d, args.topaz_model, args.topaz_diameter_px
+                )
                 row["topaz"] = score_topaz(found, data, search.EDGE_MARGIN * true_d / 1.5)
                 t0_, best = row["topaz"]["threshold_0"], row["topaz"]["best"]
                 print(

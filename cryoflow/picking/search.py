@@ -56,6 +56,10 @@ CORE_MIN_SCORE = 6.0
 CORE_MIN_COUNT = 20
 #: cores this elongated (median long/short axis) are picked with an oriented self-template
 ELONGATED = 1.5
+#: a diameter is tried only where this many fit across the micrograph's shorter side
+MIN_ACROSS = 6
+#: and where its filter finds at least this many peaks (the strongest quarter is averaged)
+MIN_PEAKS = 12
 #: pixels across a particle in the diameter search
 SEARCH_SAMPLES = 12.0
 #: picks closer than this many diameters are duplicates (touching particles are 1 apart)
@@ -202,12 +206,12 @@ def scale_response(prepare_binned, pixel_size: float, diameters=DIAMETERS) -> np
         prep = prepare_binned(max(1, int(d / SEARCH_SAMPLES / pixel_size)))
         h, w = prep.shape
         d_px = d / prep.pixel_size
-        if 2 * EDGE_MARGIN * d_px >= min(h, w) / 2:
-            out.append(np.nan)
+        if d_px * MIN_ACROSS > min(h, w):
+            out.append(np.nan)  # too few particles of this size fit: a few ice or carbon features would decide
             continue
         z = filtered(prep, sphere_filter(prep, d))
         _, values = find_peaks(z, MIN_DISTANCE * d_px, EDGE_MARGIN * d_px)
-        out.append(float(np.mean(values[: max(3, len(values) // 4)])) if len(values) else np.nan)
+        out.append(float(np.mean(values[: len(values) // 4])) if len(values) >= MIN_PEAKS else np.nan)
     return np.array(out)
 
 
