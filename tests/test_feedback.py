@@ -1,0 +1,141 @@
+"""cryoflow feedback: name parsers, aggregation and ranking on simulated grids, the plan vs in order, exports, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cryoflow.feedback.acquisition import compare, simulated_run
+from cryoflow.feedback.names import micrograph_key, parse_epu, parse_leginon, parse_name
+from cryoflow.feedback.navigator import make_nav, nav_text, read_nav
+from cryoflow.feedback.schema import SCHEMA, validate
+from cryoflow.simulate.grid import plan_grid
+
+QUALITIES = ["good", "bad", "medium", "good", "bad", "medium"]
+
+
+@pytest.fixture(scope="module")
+def grid_plan():
+    return plan_grid(len(QUALITIES) * 20, QUALITIES, np.random.default_rng(3))
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, grid_plan):
+    return simulated_run(grid_plan, tmp_path_factory.mktemp("run"), imaged=len(grid_plan.shots), seed=1)
+
+
+def test_epu_names():
+    loc = parse_epu("/data/Images-Disc2/GridSquare_1327859/Data/FoilHole_34398455_Data_1_2_20240101_101010.mrc")
+    assert (loc.grid, loc.square, loc.hole, loc.convention) == ("2", "1327859", "34398455", "epu")
+    assert parse_epu("GridSquare_7\\Data\\FoilHole_12_Data_3.mrc").square == "7"
+    assert parse_epu("micrograph_001.mrc") is None
+    assert micrograph_key("/tmp/x/GridSquare_7/Data/FoilHole_12_Data_3.mrc") == "FoilHole_12_Data_3"
+
+
+def test_leginon_names():
+    loc = parse_leginon("24jan01a_00002gr_00005sq_v01_00008hl_00003ex.mrc")
+    assert loc.square == "24jan01a_00002gr_00005sq"
+    assert loc.hole == "24jan01a_00002gr_00005sq_v01_00008hl"
+    assert loc.grid == "24jan01a_00002gr"
+    other = parse_leginon("24jan01a_00002gr_00005sq_v01_00009hl_00001ex.mrc")
+    assert other.square == loc.square and other.hole != loc.hole
+    assert parse_leginon("24jan01a_00002gr_00005sq.mrc") is None  # a square image, no hole
+    assert parse_name("24jan01a_00005sq_00008hl_00003en.mrc").convention == "leginon"
+
+
+def test_feedback_ranks_bad_squares_below_good(cli, run_dir, grid_plan, tmp_path):
+    out = tmp_path / "fb"
+    r = cli("feedback", "--run", run_dir, "--out", out, "--budget", "1")
+    assert r.code == 0, r.err
+    doc = json.loads((out / "feedback.json").read_text())
+    assert doc["schema"] == SCHEMA and validate(doc) == []
+    quality = {str(s.square_id): s.quality.name for s in grid_plan.squares}
+    rank = {s["square"]: s["rank"] for s in doc["squares"]}
+    good = [rank[s] for s, q in quality.items() if q == "good"]
+    bad = [rank[s] for s, q in quality.items() if q == "bad"]
+    assert max(good) < min(bad)
+    decision = {s["square"]: s["decision"] for s in doc["squares"]}
+    assert all(decision[s] == "skip" for s, q in quality.items() if q == "bad")
+    assert any(decision[s] == "continue" for s, q in quality.items() if q == "good")
+    assert doc["plan"] and doc["plan"][-1]["elapsed_s"] <= 3600
+    squares = pd.read_csv(out / "squares.csv", dtype={"square": str})
+    assert set(squares["square"]) == set(quality)
+    holes = pd.read_csv(out / "holes.csv")
+    assert holes["imaged"].sum() == len(grid_plan.holes)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["step"] == "feedback" and summary["stage"]["micrographs"] == len(grid_plan.shots)
+    assert (out / "report.html").exists()
+
+
+def test_plan_beats_in_order():
+    ratios = [compare(seed, budget_s=5400, n_squares=20, holes_per_square=40)["ratio"] for seed in range(3)]
+    assert np.mean(ratios) > 1.05, ratios
+    assert min(ratios) > 1.0, ratios
+
+
+def test_navigator_flags(cli, run_dir, grid_plan, tmp_path):
+    squares = [(f"sq{s.square_id}", s.stage_x, s.stage_y) for s in grid_plan.squares]
+    rng = np.random.default_rng(0)
+    holes = [
+        (f"h{h.hole_id}", f"sq{grid_plan.squares[h.square_index].square_id}", h.stage_x, h.stage_y)
+        for h in grid_plan.holes
+    ]
+    for s in grid_plan.squares:  # holes not imaged yet, near the square centre
+        for k in range(5):
+            holes.append(
+                (
+                    f"n{s.square_id}_{k}",
+                    f"sq{s.square_id}",
+                    s.stage_x + rng.uniform(-20, 20),
+                    s.stage_y + rng.uniform(-20, 20),
+                )
+            )
+    nav_path = tmp_path / "session.nav"
+    nav_path.write_text(nav_text(make_nav(squares, holes)))
+    out = tmp_path / "fb"
+    r = cli("feedback", "--run", run_dir, "--out", out, "--nav", nav_path, "--budget", "0.05")
+    assert r.code == 0, r.err
+    flagged = read_nav(out / "session_cryoflow.nav")
+    acquire = {i.label: i.fields.get("Acquire") for i in flagged.points()}
+    assert len(acquire) == len(holes)
+    assert all(acquire[f"h{h.hole_id}"] == "0" for h in grid_plan.holes)  # imaged already
+    planned = [label for label, a in acquire.items() if a == "1"]
+    assert planned
+    quality = {f"sq{s.square_id}": s.quality.name for s in grid_plan.squares}
+    square_of = {label: sq for label, sq, _, _ in holes}
+    assert all(quality[square_of[label]] != "bad" for label in planned)
+
+
+def test_mdoc_positions(tmp_path):
+    from cryoflow.feedback.mdoc import read_mdocs
+
+    (tmp_path / "a_001.tif.mdoc").write_text(
+        "PixelSpacing = 0.83\nImageFile = a_001.tif\n\n[ZValue = 0]\nStagePosition = 105.3 -20.7\nNavigatorLabel = 12\n"
+    )
+    df = read_mdocs(tmp_path)
+    assert df.iloc[0].to_dict() == {"key": "a_001", "x_um": 105.3, "y_um": -20.7, "nav_label": "12"}
+
+
+def test_bad_inputs(cli, run_dir, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = tmp_path / "out"
+    r = cli("feedback", "--run", empty, "--out", out)
+    assert r.code == 2 and len(r.err.strip().splitlines()) == 1 and "micassess" in r.err
+    assert not out.exists()
+    # a micassess table without the P(good) column
+    broken = tmp_path / "broken"
+    (broken / "micassess").mkdir(parents=True)
+    text = (run_dir / "micassess" / "micrographs_good.star").read_text()
+    (broken / "micassess" / "micrographs_good.star").write_text(text.replace("cryoflowMicassessPGood", "somethingElse"))
+    r = cli("feedback", "--run", broken, "--out", out)
+    assert r.code == 2 and "cryoflowMicassessPGood" in r.err and len(r.err.strip().splitlines()) == 1
+    assert not out.exists() and not list(tmp_path.glob(".out.*"))
+    # an output folder that is not empty is never touched
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    r = cli("feedback", "--run", run_dir, "--out", out)
+    assert r.code == 2 and (out / "keep.txt").read_text() == "mine"
