@@ -13,9 +13,10 @@ import starfile
 import torch
 
 from cryoflow.io import StarTable, make_optics, open_stack, read_table, write_blocks, write_mrc, write_table
+from cryoflow.numerics import fft_friendly
 from cryoflow.picking.extract import run_extract, stack_name
 from cryoflow.picking.extract_bench import centre_offset, expected_drops
-from cryoflow.picking.particle_images import BG_DIAMETER_FRACTION, auto_box, background_mask, fft_friendly
+from cryoflow.picking.particle_images import BG_DIAMETER_FRACTION, auto_box, background_mask
 
 
 @pytest.fixture(scope="module")

@@ -26,26 +26,13 @@ import math
 
 import torch
 
+from cryoflow.numerics import fft_friendly
 from cryoflow.optics import ctf_values
 
 #: Box = this many particle diameters, rounded up to an FFT-friendly even size.
 BOX_FACTOR = 1.5
 #: Background circle diameter as a fraction of the box (RELION's default bg_radius = 0.75 * box / 2).
 BG_DIAMETER_FRACTION = 0.75
-
-
-def fft_friendly(n: int) -> int:
-    """The smallest even integer >= ``n`` whose only prime factors are 2, 3 and 5."""
-    m = max(2, int(math.ceil(n)))
-    m += m % 2
-    while True:
-        r = m
-        for p in (2, 3, 5):
-            while r % p == 0:
-                r //= p
-        if r == 1:
-            return m
-        m += 2
 
 
 def auto_box(diameter_A: float, pixel_size_A: float, factor: float = BOX_FACTOR) -> int:

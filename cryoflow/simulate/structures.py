@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from cryoflow.errors import CryoflowError
+from cryoflow.numerics import fft_friendly
 from cryoflow.simulate.rotations import euler_to_matrix, matrix_to_euler, random_rotations, relion_matrix
 from cryoflow.simulate.scattering import (
     ATOMIC_MASS,
@@ -226,20 +227,6 @@ def _check_positive(value: float, what: str, path: str | os.PathLike | None = No
     return float(value)
 
 
-def _good_box(n: float) -> int:
-    """Smallest even size >= n whose prime factors are 2, 3 and 5 (fast FFTs)."""
-    m = max(8, int(math.ceil(n)))
-    while True:
-        if m % 2 == 0:
-            r = m
-            for f in (2, 3, 5):
-                while r % f == 0:
-                    r //= f
-            if r == 1:
-                return m
-        m += 1
-
-
 def _max_extent(points: np.ndarray) -> float:
     """Largest distance (same unit as ``points``) between two of ``(N, 3)`` points."""
     pts = np.asarray(points, dtype=np.float64)
@@ -258,7 +245,7 @@ def _max_extent(points: np.ndarray) -> float:
 
 def _auto_box(radius: float, blur: float, pixel_size: float) -> int:
     """Box (voxels) for a particle of ``radius`` Å whose atoms spread ``blur`` Å."""
-    return _good_box((2.0 * (radius + blur)) / pixel_size + 2)
+    return fft_friendly(max(8.0, (2.0 * (radius + blur)) / pixel_size + 2))
 
 
 def _species_from_gaussians(
