@@ -18,7 +18,20 @@ from cryoflow import __version__
 from cryoflow.errors import CryoflowError
 
 # Sub-commands in pipeline order (module names in cryoflow.commands).
-COMMANDS = ["simulate", "info", "ctf", "micassess", "pick", "extract", "feedback", "report", "demo", "run", "bench"]
+COMMANDS = [
+    "simulate",
+    "info",
+    "ctf",
+    "micassess",
+    "pick",
+    "extract",
+    "feedback",
+    "watch",
+    "report",
+    "demo",
+    "run",
+    "bench",
+]
 
 
 def _load(name: str):

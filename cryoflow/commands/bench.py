@@ -17,9 +17,13 @@ import importlib
 
 from cryoflow.errors import CryoflowError
 
-STEPS = ["simulate", "ctf", "micassess", "pick", "extract", "feedback"]
+STEPS = ["simulate", "ctf", "micassess", "pick", "extract", "feedback", "watch"]
 # steps whose benchmark module is not cryoflow.<step>.bench
-MODULES = {"pick": "cryoflow.picking.pick_bench", "extract": "cryoflow.picking.extract_bench"}
+MODULES = {
+    "pick": "cryoflow.picking.pick_bench",
+    "extract": "cryoflow.picking.extract_bench",
+    "watch": "cryoflow.feedback.watch_bench",
+}
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:

@@ -1,0 +1,97 @@
+"""Process micrographs as they arrive (CTF, micassess, pick in small batches) and keep feedback fresh.
+
+Watches INPUT_DIR (EPU layout GridSquare_*/Data/FoilHole_*_Data_*.mrc, searched recursively;
+*_fractions.mrc and hidden temporaries skipped). A file is taken once its size and mtime
+have not changed for --settle seconds and it opens as an MRC. Batches of --batch
+micrographs go through ctf, micassess and pick (diameter and threshold searched on the
+first batch of enough micrographs, then fixed); the cumulative run folder OUT/run
+(micrographs_ctf.star, micrographs_good.star, coordinates, feedback/, index.html) is
+updated after each batch. OUT/journal.jsonl records every step (fsynced): after a crash or
+kill -9, run the same command again and it resumes, no micrograph processed twice or
+missed. Stop with Ctrl-C / SIGTERM, by creating OUT/STOP, or with --stop-after N.
+
+Examples::
+
+    cryoflow watch /data/session1/Images-Disc1 --out live --pixel-size 0.83
+    cryoflow watch incoming/ --out live --once                    # what is there now, then exit
+    cryoflow watch incoming/ --out live --batch 8 --max-latency 20 --voltage 200 --cs 2.7
+    touch live/STOP                                              # clean exit after the current batch
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from cryoflow.device import add_device_argument
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("input_dir", metavar="INPUT_DIR", help="folder the microscope writes micrographs into")
+    parser.add_argument(
+        "--out", required=True, metavar="DIR", help="output folder (new, or one a previous watch wrote: it resumes)"
+    )
+    parser.add_argument("--once", action="store_true", help="process what is there now, then exit")
+    parser.add_argument("--poll", type=float, default=1.0, metavar="SECONDS", help="seconds between scans of INPUT_DIR")
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="a file is taken once its size and mtime have not changed for this many seconds",
+    )
+    parser.add_argument("--batch", type=int, default=4, metavar="N", help="micrographs per batch")
+    parser.add_argument(
+        "--max-latency",
+        type=float,
+        default=4.0,
+        metavar="SECONDS",
+        help="seconds a settled micrograph may wait for its batch to fill before a smaller batch runs",
+    )
+    parser.add_argument("--stop-after", type=int, metavar="N", help="exit cleanly once N micrographs are processed")
+    parser.add_argument(
+        "--steps",
+        default="ctf,micassess,pick",
+        metavar="LIST",
+        help="per-micrograph steps, a prefix of ctf,micassess,pick, or 'none' (journal and batches only)",
+    )
+    parser.add_argument("--pixel-size", type=float, metavar="Å", help="pixel size in Å (default: the MRC header)")
+    parser.add_argument("--voltage", type=float, default=300.0, metavar="kV", help="acceleration voltage in kV")
+    parser.add_argument("--cs", type=float, default=2.7, metavar="mm", help="spherical aberration in mm")
+    parser.add_argument(
+        "--amplitude-contrast", type=float, default=0.1, metavar="F", help="amplitude contrast fraction"
+    )
+    parser.add_argument("--no-tilt", action="store_true", help="skip ctf's 3x3 local fits that measure tilt (faster)")
+    parser.add_argument("--no-feedback", action="store_true", help="update the cumulative STAR files only")
+    parser.add_argument("--pick-report", action="store_true", help="write pick's report for every batch (slower)")
+    parser.add_argument("--step-delay", type=float, default=0.0, help=argparse.SUPPRESS)  # tests: slow batches
+    parser.add_argument("--quiet", action="store_true", help="no progress messages")
+    add_device_argument(parser)
+
+
+def main(args: argparse.Namespace) -> int:
+    from cryoflow.device import resolve_device
+    from cryoflow.feedback.watch import WatchOptions, watch
+
+    steps = () if args.steps.strip() == "none" else tuple(s.strip() for s in args.steps.split(",") if s.strip())
+    options = WatchOptions(
+        settle_s=args.settle,
+        poll_s=args.poll,
+        batch=args.batch,
+        max_latency_s=args.max_latency,
+        once=args.once,
+        stop_after=args.stop_after,
+        steps=steps,
+        pixel_size=args.pixel_size,
+        voltage=args.voltage,
+        cs=args.cs,
+        amplitude_contrast=args.amplitude_contrast,
+        tilt=not args.no_tilt,
+        device=str(resolve_device(args.device)),
+        feedback=not args.no_feedback,
+        pick_report=args.pick_report,
+        step_delay_s=args.step_delay,
+        quiet=args.quiet,
+    )
+    counters = watch(args.input_dir, args.out, options)
+    print(f"{counters.processed} micrographs processed in {counters.batches} batches; {counters.failed} failed")
+    return 0

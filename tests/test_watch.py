@@ -1,0 +1,159 @@
+"""cryoflow watch: settling, batches, resume after a crash (kill -9), cumulative outputs and feedback."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+
+import pytest
+
+from cryoflow.cli import main as cli
+from cryoflow.feedback.journal import Journal, read_journal
+from cryoflow.feedback.watch import BATCHES, JOURNAL, Watcher, WatchOptions, audit, watch
+from cryoflow.feedback.watch_bench import _tiny_mrc, epu_name, kill_check
+
+QUICK = dict(settle_s=0.05, poll_s=0.02, steps=(), quiet=True)
+
+
+def _write(folder, n, start=0):
+    blob = _tiny_mrc()
+    for i in range(start, start + n):
+        p = folder / epu_name(i)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(blob)
+    return blob
+
+
+def test_journal_drops_a_cut_line(tmp_path):
+    j = Journal(tmp_path / "j.jsonl")
+    j.append({"e": "seen", "f": "a"}, {"e": "seen", "f": "b"})
+    j.close()
+    with open(tmp_path / "j.jsonl", "ab") as fh:
+        fh.write(b'{"e": "batch", "b"')  # a crash in the middle of a line
+    j = Journal(tmp_path / "j.jsonl")
+    assert [e["f"] for e in j.events] == ["a", "b"]
+    j.append({"e": "seen", "f": "c"})
+    j.close()
+    assert [e["f"] for e in read_journal(tmp_path / "j.jsonl")] == ["a", "b", "c"]
+
+
+def test_settle_invalid_fractions_and_once(tmp_path):
+    inp, out = tmp_path / "in", tmp_path / "out"
+    blob = _write(inp, 5)
+    (inp / "GridSquare_1000/Data/FoilHole_1_Data_1_fractions.mrc").write_bytes(blob)  # a movie: skipped
+    (inp / "GridSquare_1000/Data/.FoilHole_2_Data_1.mrc").write_bytes(blob)  # a hidden temporary: skipped
+    half = inp / epu_name(5)
+    half.write_bytes(blob[: len(blob) // 2])  # cut short: settles but does not open
+    counters = watch(inp, out, WatchOptions(batch=2, once=True, **QUICK))
+    assert counters.processed == 5 and counters.batches == 3
+    events = read_journal(out / JOURNAL)
+    assert [e["f"] for e in events if e["e"] == "invalid"] == [epu_name(5)]
+    # the file is completed later: it settles now and is processed once; nothing else is redone
+    half.write_bytes(blob)
+    os.utime(half, (time.time() + 1, time.time() + 1))
+    counters = watch(inp, out, WatchOptions(batch=2, once=True, **QUICK))
+    assert counters.processed == 1
+    a = audit(out, inp)
+    assert (a["files"], a["processed"], a["missed"], a["duplicated"], a["unknown"]) == (6, 6, 0, 0, 0)
+
+
+def test_fresh_file_waits_for_settle(tmp_path):
+    inp, out = tmp_path / "in", tmp_path / "out"
+    _write(inp, 1)
+    w = Watcher(inp, out, WatchOptions(**{**QUICK, "settle_s": 30.0}))
+    w.scan()
+    assert [s.state for s in w.files.values()] == ["seen"]  # just written: not settled yet
+    w.journal.close()
+
+
+def test_half_done_batch_is_redone_and_complete_one_is_not(tmp_path):
+    inp, out = tmp_path / "in", tmp_path / "out"
+    _write(inp, 4)
+    watch(inp, out, WatchOptions(batch=2, once=True, **QUICK))
+    # simulate a crash: batch 2's folder half built (temporary), its "done" never journaled;
+    # batch 1 complete on disk but its "done" lost too
+    events = read_journal(out / JOURNAL)
+    lines = [json.dumps(e) + "\n" for e in events if e["e"] not in ("done", "feedback", "stop")]
+    (out / JOURNAL).write_text("".join(lines))
+    shutil.move(out / BATCHES / "b000002", out / BATCHES / ".b000002.xyz.part")
+    before = (out / BATCHES / "b000001" / "manifest.json").stat().st_mtime_ns
+    counters = watch(inp, out, WatchOptions(batch=2, once=True, **QUICK))
+    assert counters.processed == 2  # only batch 2 redone
+    assert (out / BATCHES / "b000001" / "manifest.json").stat().st_mtime_ns == before
+    assert not list((out / BATCHES).glob(".*.part"))
+    events = read_journal(out / JOURNAL)
+    assert any(e["e"] == "done" and e["b"] == "b000001" and e.get("recovered") for e in events)
+    a = audit(out, inp)
+    assert (a["processed"], a["missed"], a["duplicated"]) == (4, 0, 0)
+
+
+def test_kill9_none_missed_none_twice(tmp_path):
+    r = kill_check(tmp_path, files=60, rate=20.0, kills=1, batch=5, seed=1, step_delay=0.1)
+    assert r["kills"] == 1 and r["written"] == 60
+    assert r["processed_at_each_start"][1] > 0  # the kill came after some batches were done
+    assert (r["files"], r["processed"], r["missed"], r["duplicated"], r["unknown"]) == (60, 60, 0, 0, 0)
+
+
+def test_stop_file_and_bad_options(tmp_path, capsys):
+    inp, out = tmp_path / "in", tmp_path / "out"
+    _write(inp, 3)
+    out.mkdir()
+    (out / "STOP").touch()
+    (out / JOURNAL).touch()
+    assert (
+        cli(
+            [
+                "watch",
+                str(inp),
+                "--out",
+                str(out),
+                "--steps",
+                "none",
+                "--settle",
+                "0",
+                "--batch",
+                "1",
+                "--poll",
+                "0.05",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    assert not (out / "STOP").exists()
+    assert any(e["e"] == "stop" and e["why"] == "STOP file" for e in read_journal(out / JOURNAL))
+    assert cli(["watch", str(inp), "--out", str(tmp_path / "o2"), "--batch", "0"]) == 2
+    assert "--batch must be at least 1" in capsys.readouterr().err
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "x.txt").write_text("mine")
+    assert cli(["watch", str(inp), "--out", str(full)]) == 2
+    assert "holds no watch journal" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_full_steps_cumulative_and_feedback(tmp_path):
+    """ctf + micassess + pick on 6 tiny simulated micrographs in 2 batches; the cumulative run
+    folder has every micrograph once and feedback sees them all."""
+    from cryoflow.io import read_table
+    from cryoflow.simulate import simulate_dataset
+
+    data = tmp_path / "sim"
+    simulate_dataset(data, "tiny", seed=1, device="cpu", report=False)
+    inp, out = tmp_path / "in", tmp_path / "out"
+    shutil.copytree(data, inp, ignore=shutil.ignore_patterns("*.star", "*.json", "*.html", "*.png"))
+    counters = watch(inp, out, WatchOptions(batch=3, once=True, settle_s=0.05, poll_s=0.02, quiet=True))
+    assert counters.processed == 6
+    run = out / "run"
+    ctf = read_table(run / "ctf" / "micrographs_ctf.star", "micrographs").table
+    failed = run / "ctf" / "micrographs_ctf_failed.star"
+    n_failed = len(read_table(failed, "micrographs").table) if failed.exists() else 0
+    assert len(ctf) + n_failed == 6 and ctf["rlnMicrographName"].is_unique
+    good = read_table(run / "micassess" / "micrographs_good.star", "micrographs").table
+    rejected = read_table(run / "micassess" / "micrographs_rejected.star", "micrographs").table
+    assert len(good) + len(rejected) == 6
+    feedback = json.loads((run / "feedback" / "feedback.json").read_text())
+    assert feedback["grid"]["micrographs"] == 6
+    assert (run / "index.html").exists() and (run / "pick" / "coordinates.star").exists()
