@@ -25,6 +25,7 @@ COMMANDS = [
     "micassess",
     "pick",
     "extract",
+    "classify2d",
     "feedback",
     "watch",
     "report",

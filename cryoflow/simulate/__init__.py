@@ -34,6 +34,10 @@ _EXPORTS = {
     "make_species": "cryoflow.simulate.dataset",
     "micrograph_spec": "cryoflow.simulate.dataset",
     "plan_dataset": "cryoflow.simulate.dataset",
+    # particle stacks (the extract contract) with truth columns
+    "simulate_stack": "cryoflow.simulate.stack",
+    "SimulatedStack": "cryoflow.simulate.stack",
+    "JUNK_KINDS": "cryoflow.simulate.stack",
     # presets
     "PRESETS": "cryoflow.simulate.presets",
     "Preset": "cryoflow.simulate.presets",
