@@ -166,3 +166,9 @@ def test_self_template_aligns_elongated_cores():
     along_x, along_y = template[r, r + 8], template[r + 8, r]
     assert along_x > 3 * along_y  # the long axis lies along x
     assert cores.elongation == pytest.approx(32 / 12)
+
+
+def test_filter_diameter_needs_the_diameter(data, tmp_path):
+    with pytest.raises(Exception, match="filter diameter"):
+        run_pick(data / "truth/micrographs_truth.star", tmp_path / "y", filter_diameter=80.0)
+    assert not (tmp_path / "y").exists()

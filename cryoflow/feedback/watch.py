@@ -189,7 +189,9 @@ class Watcher:
             elif kind == "done":
                 self.done.add(ev["b"])
             elif kind == "params":
-                self.params = {k: ev[k] for k in ("diameter_A", "threshold", "batch")}
+                self.params = {
+                    k: ev.get(k) for k in ("diameter_A", "threshold", "batch", "filter_diameter_A", "template")
+                }
         # a batch folder renamed into place just before a crash counts as done
         recovered = [b for b in self.batches if b not in self.done and self._complete(b)]
         self.journal.append(*({"e": "done", "b": b, "recovered": True} for b in recovered))
@@ -216,7 +218,17 @@ class Watcher:
                     return
 
     def _set_params(self, summary: dict, b: str) -> None:
-        self.params = {"diameter_A": float(summary["diameter_A"]), "threshold": float(summary["threshold"]), "batch": b}
+        from cryoflow.picking.pick import SELF_TEMPLATE
+
+        template = self.out / BATCHES / b / "pick" / SELF_TEMPLATE
+        self.params = {
+            "diameter_A": float(summary["diameter_A"]),
+            "threshold": float(summary["threshold"]),
+            "batch": b,
+            # elongated particles: the search's own filter size and oriented template, so later batches pick alike
+            "filter_diameter_A": float(summary.get("filter_diameter_A") or summary["diameter_A"]),
+            "template": str(template) if summary.get("picker") == "self-template" else None,
+        }
         self.journal.append({"e": "params", **self.params})
         self._say(
             f"picking fixed from {b}: diameter {self.params['diameter_A']:.0f} Å, threshold {self.params['threshold']:.2f} σ"
@@ -381,12 +393,18 @@ class Watcher:
             if not len(read_table(good, "micrographs").table):
                 self.journal.append({"e": "step", "b": b, "step": "pick", "s": 0.0, "skipped": "no good micrograph"})
                 return
-            d = self.params["diameter_A"] if self.params else None
-            t = self.params["threshold"] if self.params else None
+            p = self.params or {}
             timed(
                 "pick",
                 lambda: run_pick(
-                    good, tmp / "pick", diameter=d, threshold=t, device=opt.device, report=opt.pick_report
+                    good,
+                    tmp / "pick",
+                    diameter=p.get("diameter_A"),
+                    threshold=p.get("threshold"),
+                    filter_diameter=p.get("filter_diameter_A"),
+                    templates=p.get("template"),
+                    device=opt.device,
+                    report=opt.pick_report,
                 ),
             )
 

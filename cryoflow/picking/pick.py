@@ -21,6 +21,8 @@ Outputs in ``out`` (built in a temporary folder and renamed when complete):
   writes them, so RELION's Extract and cryoSPARC's import read them;
 - ``coordinates.star``: block ``coordinate_files`` (rlnMicrographName,
   rlnMicrographCoordinates relative to the pick folder);
+- ``self_template.mrcs``: for elongated particles, the oriented template they were picked
+  with (give it as ``templates`` with ``filter_diameter`` to pick more micrographs the same way);
 - ``summary.json``: the chosen diameter (``diameter_A``, the particle's largest extent, which
   sets extraction's box; ``filter_diameter_A``, the size the filter and minimum distance use:
   the same for a globular particle, nearer the width for an elongated one), threshold,
@@ -49,6 +51,8 @@ from cryoflow.picking.peaks import find_peaks
 
 COORDINATE_DIR = "coordinates"
 COORDINATES_STAR = "coordinates.star"
+#: the oriented template made for elongated particles, written for later runs (--templates)
+SELF_TEMPLATE = "self_template.mrcs"
 #: micrographs (evenly spread over the set) used for the diameter search
 SEARCH_MICROGRAPHS = 4
 #: micrographs shown with their picks in the report
@@ -238,14 +242,18 @@ def run_pick(
     report: bool = True,
     templates: str | os.PathLike | None = None,
     template_classes: list[int] | None = None,
+    filter_diameter: float | None = None,
 ) -> dict:
     """Pick every micrograph of ``micrographs`` into ``out`` (see the module doc); return the summary.
 
     ``diameter``: particle diameter in Å (searched when None); ``threshold``: score threshold
     in noise standard deviations (chosen from the data when None); ``templates``: class
     averages (a ``.mrcs`` stack or a classify2d folder) to pick by template matching instead
-    of the blob filter, ``template_classes`` the 1-based classes of it to use. ``out`` must
-    not exist or be empty.
+    of the blob filter, ``template_classes`` the 1-based classes of it to use;
+    ``filter_diameter``: the filter's size in Å when it differs from ``diameter`` (an earlier
+    run's ``filter_diameter_A``, e.g. for elongated particles; with its ``self_template.mrcs``
+    as ``templates`` a later batch picks exactly as the first). ``out`` must not exist or be
+    empty.
     """
     from cryoflow.io import atomic_dir, write_blocks
     from cryoflow.progress import progress
@@ -268,7 +276,9 @@ def run_pick(
     t0 = time.perf_counter()
 
     evidence = None
-    filter_diameter = diameter
+    if filter_diameter is not None and diameter is None:
+        raise CryoflowError(None, "a filter diameter needs the particle diameter too")
+    filter_diameter = filter_diameter or diameter
     if diameter is None:
         evidence, cores = search_diameter(mics, device)
         diameter = evidence.diameter
@@ -315,7 +325,7 @@ def run_pick(
         "filter_diameter_A": float(filter_diameter),
         "picker": "self-template" if self_templated else ("templates" if bank is not None else "blob"),
         "templates": {
-            "source": "the strong picks' cores, aligned" if self_templated else str(templates),
+            "source": f"the strong picks' cores, aligned ({SELF_TEMPLATE})" if self_templated else str(templates),
             "count": len(bank.templates),
             "rotations": len(bank.angles),
         }
@@ -344,6 +354,10 @@ def run_pick(
             write_blocks(tmp / rel, {"": _coordinate_table(p)})
             index.append({"rlnMicrographName": p.name, "rlnMicrographCoordinates": rel})
         write_blocks(tmp / COORDINATES_STAR, {"coordinate_files": pd.DataFrame(index)})
+        if self_templated:
+            from cryoflow.io import write_mrc
+
+            write_mrc(tmp / SELF_TEMPLATE, bank.templates.numpy(), bank.pixel_size)
         if report:
             from cryoflow.picking.pick_report import write_pick_report
 
