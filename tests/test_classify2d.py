@@ -221,3 +221,17 @@ def test_a_killed_run_resumes(tiny_stack, tmp_path, monkeypatch):
     assert any("resuming after iteration 1" in m for m in messages)
     assert (out / "classes.mrcs").exists() and len(summary["history"]) == 4
     assert not (tmp_path / ".run.classify2d").exists()
+
+
+def test_large_boxes_are_fourier_cropped(tmp_path):
+    """Stacks above MAX_BOX are read cropped to it, with the pixel size scaled to keep the field of view."""
+    from cryoflow.classify2d.data import MAX_BOX, read_particles
+    from cryoflow.simulate import simulate_stack
+
+    simulate_stack(tmp_path / "s", n=8, box=2 * MAX_BOX, pixel_size=1.25, seed=0)
+    star = next((tmp_path / "s").glob("*.star"))
+    particles = read_particles(star)
+    assert particles.box == MAX_BOX and particles.stack_box == 2 * MAX_BOX
+    assert particles.pixel_size == pytest.approx(2.5)
+    images = particles.read(np.arange(4))
+    assert images.shape == (4, MAX_BOX, MAX_BOX) and np.isfinite(images).all()

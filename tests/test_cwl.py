@@ -201,6 +201,40 @@ def test_screening_workflow_runs(good_tiny, tmp_path):
     assert scores["f1"] >= 0.8, scores
 
 
+@pytest.mark.slow
+def test_classify2d_tool_runs(tmp_path):
+    """classify2d.cwl on a folder (particles.star + its stacks, as extract writes): classes, model, stage."""
+    from cryoflow.io import read_blocks, read_info
+    from cryoflow.simulate import simulate_stack
+
+    simulate_stack(tmp_path / "stack", n=120, box=32, pixel_size=5.0, particles_per_micrograph=60, seed=1)
+    result = cwltool(
+        "--no-container",
+        "--outdir",
+        str(tmp_path / "out"),
+        str(ROOT / "tools" / "classify2d.cwl"),
+        "--particles",
+        str(tmp_path / "stack"),
+        "--classes",
+        "2",
+        "--iterations",
+        "4",
+        "--device",
+        "cpu",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    outputs = json.loads(result.stdout)
+    out = Path(outputs["out_dir"]["path"])
+    assert outputs["class_averages"]["path"] == str(out / "classes.mrcs")
+    assert read_info(out / "classes.mrcs").shape == (2, 32, 32)
+    assert len(read_blocks(Path(outputs["model"]["path"]))["model_classes"]) == 2
+    assert len(read_blocks(Path(outputs["particles_classified"]["path"]))["particles"]) == 120
+    assert outputs["report"]["format"].endswith("format_2331")
+    summary = json.loads(Path(outputs["summary"]["path"]).read_text())
+    assert summary["stage"] == {"micrographs": 2, "particles": 120} and summary["classes"] == 2
+
+
 # --- cwl_utils: the parser loads every file, its static checker and ours find no type error ----
 
 

@@ -175,15 +175,19 @@ def test_demo_runs_the_workflow_and_resumes(demo_run, capsys):
     assert extract["stage"]["particles"] == extract["n_picked"] - extract["dropped_at_edges"] > 0
     particles = (run / "extract" / "particles.star").read_text()
     assert particles.count("@Particles/") == extract["stage"]["particles"]
+    # the whole stack was classified
+    classify2d = json.loads((run / "classify2d" / "summary.json").read_text())
+    assert classify2d["stage"] == extract["stage"] and classify2d["classes"] >= 2
     # one run folder, one sub-folder per step, the outputs listed where they now lie
     outputs = json.loads((run / "outputs.json").read_text())
     assert outputs["ctf_dir"] == "ctf" and outputs["micrographs_good"] == "micassess/micrographs_good.star"
     assert outputs["pick_dir"] == "pick" and outputs["extract_dir"] == "extract"
     assert outputs["particles"] == "extract/particles.star"
-    for name in ("ctf", "micassess", "pick", "extract"):
+    assert outputs["classify2d_dir"] == "classify2d" and outputs["class_averages"] == "classify2d/classes.mrcs"
+    for name in ("ctf", "micassess", "pick", "extract", "classify2d"):
         assert info["steps"][name]["status"] == "success" and info["steps"][name]["seconds"] > 0
     html = (run / "index.html").read_text()
-    for folder in ("simulate", "ctf", "micassess", "pick", "extract"):
+    for folder in ("simulate", "ctf", "micassess", "pick", "extract", "classify2d"):
         assert f'href="{folder}/report.html"' in html
     assert f">{extract['stage']['particles']}<" in html  # particles leaving extract, from its "stage"
     assert (run / "pipeline.png").is_file()
@@ -202,7 +206,7 @@ def test_demo_runs_the_workflow_and_resumes(demo_run, capsys):
     assert again["status"] == "success"
     assert [again["steps"][s]["status"] for s in ("simulate", "ctf", "micassess")] == ["cached", "cached", "success"]
     # the steps after it ran again or came from cache (cwltool's cache key holds input paths)
-    assert {again["steps"][s]["status"] for s in ("pick", "extract")} <= {"cached", "success"}
+    assert {again["steps"][s]["status"] for s in ("pick", "extract", "classify2d")} <= {"cached", "success"}
     # cached steps keep the time they took when they ran
     assert again["steps"]["ctf"]["seconds"] == info["steps"]["ctf"]["seconds"]
     assert (run / "micassess" / "micrographs_good.star").is_file() and (run / "index.html").is_file()
@@ -239,6 +243,7 @@ def test_index_in_chromium(demo_run):
         "micassess/report.html",
         "pick/report.html",
         "extract/report.html",
+        "classify2d/report.html",
     }
     assert pages["index.html"]["images"] == 1  # the pipeline graph
     assert all(p["images"] > 0 for p in pages.values())

@@ -7,8 +7,9 @@ doc: |
   Micrographs in, particle stack out: CTF estimation with quality metrics, bad-micrograph
   detection, particle picking on the good micrographs (diameter and threshold chosen from the
   data unless given) and extraction into normalized stacks with particles.star (RELION 3.1)
-  and particles.cs (cryoSPARC). 2D classification, class selection and feedback join as they
-  land (issue 7). Every step writes its folder (report.html, summary.json) into the output
+  and particles.cs (cryoSPARC), then reference-free 2D classification of the stack (class
+  averages, model.star, particles.star with class assignments). Class selection and feedback
+  join as they land (issue 7). Every step writes its folder (report.html, summary.json) into the output
   directory; `cryoflow report` indexes them.
 $namespaces:
   sbg: https://www.sevenbridges.com/
@@ -62,6 +63,19 @@ inputs:
     doc: Fourier binning of the particle images (>= 1).
     sbg:x: 900
     sbg:y: 700
+  classes:
+    type: int?
+    label: Number of 2D classes
+    doc: Number of 2D classes; default, one class per ~400 particles (2 to 100).
+    sbg:x: 1200
+    sbg:y: 550
+  iterations:
+    type: int
+    default: 25
+    label: 2D iterations
+    doc: Iterations of the 2D classification.
+    sbg:x: 1200
+    sbg:y: 700
 steps:
   ctf:
     run: ../tools/ctf.cwl
@@ -106,6 +120,16 @@ steps:
     out: [out_dir, particles, particles_cs, report, summary]
     sbg:x: 1200
     sbg:y: 300
+  classify2d:
+    run: ../tools/classify2d.cwl
+    label: 2D classification
+    in:
+      particles: extract/out_dir
+      classes: classes
+      iterations: iterations
+    out: [out_dir, class_averages, model, particles_classified, report, summary]
+    sbg:x: 1500
+    sbg:y: 300
 outputs:
   ctf_dir:
     type: Directory
@@ -136,10 +160,22 @@ outputs:
     label: Particle stacks
     outputSource: extract/out_dir
     sbg:x: 1500
-    sbg:y: 200
+    sbg:y: 100
   particles:
     type: File
     label: Particles (STAR)
     outputSource: extract/particles
     sbg:x: 1500
+    sbg:y: -100
+  classify2d_dir:
+    type: Directory
+    label: 2D classes
+    outputSource: classify2d/out_dir
+    sbg:x: 1800
+    sbg:y: 200
+  class_averages:
+    type: File
+    label: Class averages (MRC stack)
+    outputSource: classify2d/class_averages
+    sbg:x: 1800
     sbg:y: 400

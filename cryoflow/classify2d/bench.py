@@ -183,7 +183,7 @@ import json, sys, time
 import numpy as np, mrcfile
 from aspire.source import ArrayImageSource
 from aspire.denoising import DefaultClassAvgSource
-paths, n_nbor, out, apix = json.loads(sys.argv[1]), int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
+paths, n_nbor, out, apix = json.load(open(sys.argv[1])), int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
 images = []
 for p, i in paths:
     with mrcfile.mmap(p, mode="r") as m:
@@ -210,8 +210,10 @@ def _aspire(python: str, star: Path, n: int, classes_dir_ours: Path | None, seed
     paths = [[str(particles.files[particles.file_index[i]]), int(particles.slice_index[i])] for i in idx]
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "classes.npy"
+        listing = Path(tmp) / "particles.json"  # a file: thousands of paths overflow a command line
+        listing.write_text(json.dumps(paths))
         proc = subprocess.run(
-            [python, "-c", ASPIRE_SCRIPT, json.dumps(paths), "20", str(out), str(particles.pixel_size)],
+            [python, "-c", ASPIRE_SCRIPT, str(listing), "20", str(out), str(particles.pixel_size)],
             capture_output=True,
             text=True,
             timeout=3600,

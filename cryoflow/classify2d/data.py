@@ -27,6 +27,10 @@ REQUIRED = ("rlnImageName", "rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle")
 OPTICS_REQUIRED = ("rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast")
 
 
+#: stacks with larger images are Fourier-cropped to this box (pixels) for classification
+MAX_BOX = 96
+
+
 @dataclass
 class ParticleSet:
     """A particle STAR file and its stacks.
@@ -35,7 +39,10 @@ class ParticleSet:
     / ``slice_index`` ``(N,)``: stack and 0-based image of every particle; ``box`` (pixels),
     ``pixel_size`` (Å); ``defocus`` ``(N, 4)`` float32: U, V (Å), angle, phase shift (deg);
     ``group`` ``(N,)`` optics-group row; ``optics`` per group ``(voltage kV, Cs mm, amplitude
-    contrast, phase flipped)``.
+    contrast, phase flipped)``; ``stack_box``: the stacks' image size. Stacks larger than
+    :data:`MAX_BOX` are Fourier-cropped to it as they are read (``box`` and ``pixel_size``
+    are then the cropped ones): 2D classification does not need finer sampling, and its
+    cost grows steeply with the box.
     """
 
     table: object
@@ -48,6 +55,7 @@ class ParticleSet:
     defocus: np.ndarray
     group: np.ndarray
     optics: list[tuple[float, float, float, bool]]
+    stack_box: int = 0
 
     def __len__(self) -> int:
         return len(self.file_index)
@@ -57,15 +65,27 @@ class ParticleSet:
         from cryoflow.io import open_stack
 
         indices = np.asarray(indices)
-        out = np.empty((len(indices), self.box, self.box), dtype=np.float32)
+        size = self.stack_box or self.box
+        out = np.empty((len(indices), size, size), dtype=np.float32)
         files = self.file_index[indices]
         for f in np.unique(files):
             where = np.flatnonzero(files == f)
             slices = self.slice_index[indices[where]]
             order = np.argsort(slices, kind="stable")
-            with open_stack(self.files[f], pixel_size=self.pixel_size) as stack:
+            with open_stack(self.files[f], pixel_size=self.pixel_size * self.box / size) as stack:
                 out[where[order]] = stack[np.sort(slices)]
-        return out
+        if size == self.box:
+            return out
+        return fourier_crop(out, self.box)
+
+
+def fourier_crop(images: np.ndarray, box: int) -> np.ndarray:
+    """``(n, S, S)`` images Fourier-cropped to ``(n, box, box)`` (same field of view, mean kept)."""
+    size = images.shape[-1]
+    spec = torch.fft.rfft2(torch.from_numpy(images))
+    h = box // 2
+    spec = torch.cat([spec[:, :h], spec[:, size - h :]], dim=1)[..., : h + 1]
+    return (torch.fft.irfft2(spec, s=(box, box)) * (box / size) ** 2).numpy()
 
 
 def _parse_image_names(names, star_path: Path) -> tuple[list[Path], np.ndarray, np.ndarray]:
@@ -126,6 +146,9 @@ def read_particles(path: str | os.PathLike) -> ParticleSet:
             raise CryoflowError(stack, f"holds {n_images} images but {path.name} names image {int(used.max()) + 1}")
     if box < 16:
         raise CryoflowError(path, f"box of {box} pixels is too small for 2D classification (16 or more)")
+    stack_box = box
+    if box > MAX_BOX:
+        pixel_size, box = pixel_size * box / MAX_BOX, MAX_BOX
     columns = ["rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle"]
     values = table[columns].apply(lambda c: c.astype(float)).to_numpy()
     phase = table["rlnPhaseShift"].astype(float).to_numpy() if "rlnPhaseShift" in table else np.zeros(len(table))
@@ -147,7 +170,9 @@ def read_particles(path: str | os.PathLike) -> ParticleSet:
                 flipped,
             )
         )
-    return ParticleSet(star, path, files, file_index, slice_index, box, pixel_size, defocus, group, optics)
+    return ParticleSet(
+        star, path, files, file_index, slice_index, box, pixel_size, defocus, group, optics, stack_box=stack_box
+    )
 
 
 def known_diameter(particles: ParticleSet) -> float | None:

@@ -511,6 +511,11 @@ def run_classify2d(
     )
     summary = {
         "particles": int(len(parts)),
+        # what leaves the step, for the run's index: micrographs with particles, particles
+        "stage": {
+            "micrographs": int(table["rlnMicrographName"].nunique()) if "rlnMicrographName" in table else None,
+            "particles": int(len(parts)),
+        },
         "classes": int(K),
         "iterations": int(settings.iterations),
         "box": int(parts.box),
