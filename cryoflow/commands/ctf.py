@@ -19,11 +19,8 @@ import argparse
 from cryoflow.device import add_device_argument
 
 
-def add_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "micrographs", nargs="+", metavar="MICROGRAPHS", help="MRC files, globs, folders or a STAR file"
-    )
-    parser.add_argument("--out", required=True, metavar="DIR", help="output folder (must not exist or be empty)")
+def add_optics_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--pixel-size``, ``--voltage``, ``--cs``, ``--amplitude-contrast`` (for steps that run the CTF fit)."""
     parser.add_argument(
         "--pixel-size",
         type=float,
@@ -45,6 +42,26 @@ def add_args(parser: argparse.ArgumentParser) -> None:
         metavar="F",
         help="amplitude contrast as a fraction (0.07-0.1 for cryo)",
     )
+
+
+def check_optics(args: argparse.Namespace) -> None:
+    """One-line errors for nonsense optics arguments."""
+    from cryoflow.errors import CryoflowError
+
+    if not 0 <= args.amplitude_contrast < 1:
+        raise CryoflowError(None, f"--amplitude-contrast must be a fraction in [0, 1), got {args.amplitude_contrast}")
+    if args.voltage <= 0 or args.cs < 0:
+        raise CryoflowError(None, "--voltage must be positive and --cs non-negative")
+    if args.pixel_size is not None and not args.pixel_size > 0:
+        raise CryoflowError(None, f"--pixel-size must be positive, got {args.pixel_size}")
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "micrographs", nargs="+", metavar="MICROGRAPHS", help="MRC files, globs, folders or a STAR file"
+    )
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder (must not exist or be empty)")
+    add_optics_arguments(parser)
     parser.add_argument(
         "--defocus-min", type=float, default=0.2, metavar="µm", help="lowest defocus searched, µm (underfocus positive)"
     )
@@ -68,10 +85,7 @@ def main(args: argparse.Namespace) -> int:
     from cryoflow.device import resolve_device
     from cryoflow.errors import CryoflowError
 
-    if not 0 <= args.amplitude_contrast < 1:
-        raise CryoflowError(None, f"--amplitude-contrast must be a fraction in [0, 1), got {args.amplitude_contrast}")
-    if args.voltage <= 0 or args.cs < 0:
-        raise CryoflowError(None, "--voltage must be positive and --cs non-negative")
+    check_optics(args)
     if not 0 < args.defocus_min < args.defocus_max:
         raise CryoflowError(
             None, f"need 0 < --defocus-min < --defocus-max (µm), got {args.defocus_min} and {args.defocus_max}"

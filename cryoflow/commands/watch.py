@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 
+from cryoflow.commands.ctf import add_optics_arguments
 from cryoflow.device import add_device_argument
 
 
@@ -54,12 +55,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
         metavar="LIST",
         help="per-micrograph steps, a prefix of ctf,micassess,pick, or 'none' (journal and batches only)",
     )
-    parser.add_argument("--pixel-size", type=float, metavar="Å", help="pixel size in Å (default: the MRC header)")
-    parser.add_argument("--voltage", type=float, default=300.0, metavar="kV", help="acceleration voltage in kV")
-    parser.add_argument("--cs", type=float, default=2.7, metavar="mm", help="spherical aberration in mm")
-    parser.add_argument(
-        "--amplitude-contrast", type=float, default=0.1, metavar="F", help="amplitude contrast fraction"
-    )
+    add_optics_arguments(parser)
     parser.add_argument("--no-tilt", action="store_true", help="skip ctf's 3x3 local fits that measure tilt (faster)")
     parser.add_argument("--no-feedback", action="store_true", help="update the cumulative STAR files only")
     parser.add_argument("--pick-report", action="store_true", help="write pick's report for every batch (slower)")
@@ -69,9 +65,11 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from cryoflow.commands.ctf import check_optics
     from cryoflow.device import resolve_device
     from cryoflow.feedback.watch import WatchOptions, watch
 
+    check_optics(args)
     steps = () if args.steps.strip() == "none" else tuple(s.strip() for s in args.steps.split(",") if s.strip())
     options = WatchOptions(
         settle_s=args.settle,
