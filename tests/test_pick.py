@@ -172,3 +172,31 @@ def test_filter_diameter_needs_the_diameter(data, tmp_path):
     with pytest.raises(Exception, match="filter diameter"):
         run_pick(data / "truth/micrographs_truth.star", tmp_path / "y", filter_diameter=80.0)
     assert not (tmp_path / "y").exists()
+
+
+def test_cores_of_another_pixel_size_stay_out_of_the_template():
+    """Micrographs at different working pixel sizes: every axis counts, only one size's patches average."""
+    a, b = search.Cores(pixel_size=2.0), search.Cores(pixel_size=3.0)
+    for cores, size in ((a, 21), (b, 15)):
+        cores.long.append(30.0)
+        cores.short.append(20.0)
+        cores.angle.append(0.0)
+        cores.offset.append((0.0, 0.0))
+        cores.patches.append(np.ones((size, size)))
+    merged = search.Cores()
+    merged.extend(a)
+    merged.extend(b)
+    assert len(merged.long) == 2 and len(merged.patches) == 1 and merged.pixel_size == 2.0
+    assert search.self_template(merged).shape == (21, 21)
+
+
+def test_real_micrographs_of_two_pixel_sizes(shared_data, tmp_path):
+    """The two real binned micrographs (2.67 and 3.42 Å/px, dense and sparse particles) pick without
+    a diameter given; there is no truth, so only plausibility: each gets tens of picks."""
+    from cryoflow.ctf import run_ctf
+
+    mics = [shared_data / "micrographs" / n for n in ("epu_falcon_bin4.mrc", "diamond_epu_bin4.mrc")]
+    run_ctf(mics, tmp_path / "ctf")
+    summary = run_pick(tmp_path / "ctf" / "micrographs_ctf.star", tmp_path / "pick", report=False)
+    assert 80 <= summary["diameter_A"] <= 300
+    assert all(n >= 30 for n in summary["picks_per_micrograph"].values()), summary["picks_per_micrograph"]

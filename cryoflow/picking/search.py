@@ -108,7 +108,9 @@ class Cores:
     """The dense cores of strong picks: per core its long and short axes (Å), the long axis's
     angle (radians, from the x axis towards y), the core's centroid relative to the patch
     centre (pixels, (y, x)), and the pick's patch of the phase-flipped,
-    low-passed micrograph (particles positive) ``(n, 2r+1, 2r+1)`` at ``pixel_size`` Å."""
+    low-passed micrograph (particles positive) ``(n, 2r+1, 2r+1)`` at ``pixel_size`` Å.
+    ``long``/``short`` hold every core; ``angle``/``offset``/``patches`` only those measured at
+    ``pixel_size`` (micrographs of another pixel size cannot be averaged into one template)."""
 
     long: list[float] = field(default_factory=list)
     short: list[float] = field(default_factory=list)
@@ -120,10 +122,12 @@ class Cores:
     def extend(self, other: Cores) -> None:
         self.long += other.long
         self.short += other.short
-        self.angle += other.angle
-        self.offset += other.offset
-        self.patches += other.patches
-        self.pixel_size = other.pixel_size if not self.patches or np.isnan(self.pixel_size) else self.pixel_size
+        if not self.patches:
+            self.pixel_size = other.pixel_size
+        if other.pixel_size == self.pixel_size:
+            self.angle += other.angle
+            self.offset += other.offset
+            self.patches += other.patches
 
     @property
     def elongation(self) -> float:
