@@ -146,3 +146,18 @@ def test_phase_plate_shift_is_fitted():
     assert result.ok, result.reason
     assert abs(result.fit.phase_shift - 70.0) < 10
     assert abs(result.fit.defocus - 5800.0) / 5800.0 < 0.03
+
+
+@pytest.mark.parametrize(("u", "v", "angle"), [(8000.0, 7200.0, 120.0), (30000.0, 29000.0, 50.0)])
+def test_fast_mode_matches_truth(u, v, angle):
+    """The on-the-fly mode of ``cryoflow watch`` (256² spectrum, no tilt fits) still finds defocus and astigmatism."""
+    from cryoflow.ctf import Settings
+
+    sim = simulate(size=1024, defocus_u=u, defocus_v=v, angle=angle, seed=int(u) + 1)
+    result = estimate(torch.from_numpy(sim.image), APIX, OPTICS, Settings.fast())
+    assert result.ok, result.reason
+    truth_mean = (u + v) / 2
+    assert abs(result.fit.defocus - truth_mean) / truth_mean < 0.01
+    assert abs(result.fit.astigmatism - (u - v)) < 200
+    assert abs((result.fit.angle - angle + 90) % 180 - 90) < 5
+    assert "tilt_angle" not in result.metrics and 2 * APIX <= result.resolution < 10

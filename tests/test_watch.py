@@ -133,6 +133,25 @@ def test_stop_file_and_bad_options(tmp_path, capsys):
     assert "holds no watch journal" in capsys.readouterr().err
 
 
+def test_background_refresh_is_journaled_and_reaped(tmp_path):
+    """Feedback refreshes run in a forked child while batches go on; each is journaled once it ends."""
+    inp, out = tmp_path / "in", tmp_path / "out"
+    _write(inp, 4)
+    options = WatchOptions(batch=2, settle_s=0.05, poll_s=0.02, steps=("ctf",), stop_after=4, quiet=True)
+    w = Watcher(inp, out, options)
+    counters = w.loop()
+    w.journal.close()
+    assert counters.processed == 4 and w._child is None  # the last child was waited for
+    events = read_journal(out / JOURNAL)
+    refreshes = [e for e in events if e["e"] == "feedback"]
+    assert any(e.get("background") for e in refreshes)
+    assert refreshes[-1]["upto"] == max(e["b"] for e in events if e["e"] == "done")
+    assert all("error" in e for e in refreshes)  # no micassess step: feedback says so, the watcher goes on
+    assert (out / "run" / "index.html").exists()
+    a = audit(out, inp)
+    assert (a["processed"], a["missed"], a["duplicated"]) == (4, 0, 0)
+
+
 @pytest.mark.slow
 def test_full_steps_cumulative_and_feedback(tmp_path):
     """ctf + micassess + pick on 6 tiny simulated micrographs in 2 batches; the cumulative run

@@ -6,7 +6,9 @@ have not changed for --settle seconds and it opens as an MRC. Batches of --batch
 micrographs go through ctf, micassess and pick (diameter and threshold searched on the
 first batch of enough micrographs, then fixed); the cumulative run folder OUT/run
 (micrographs_ctf.star, micrographs_good.star, coordinates, feedback/, index.html) is
-updated after each batch. OUT/journal.jsonl records every step (fsynced): after a crash or
+updated after each batch (feedback and the index report in a background process while the
+next batch runs). CTF runs in its fast on-the-fly mode (256² spectrum, no tilt fits;
+--ctf-full for cryoflow ctf's defaults). OUT/journal.jsonl records every step (fsynced): after a crash or
 kill -9, run the same command again and it resumes, no micrograph processed twice or
 missed. Stop with Ctrl-C / SIGTERM, by creating OUT/STOP, or with --stop-after N.
 
@@ -56,7 +58,12 @@ def add_args(parser: argparse.ArgumentParser) -> None:
         help="per-micrograph steps, a prefix of ctf,micassess,pick, or 'none' (journal and batches only)",
     )
     add_optics_arguments(parser)
-    parser.add_argument("--no-tilt", action="store_true", help="skip ctf's 3x3 local fits that measure tilt (faster)")
+    parser.add_argument(
+        "--ctf-full",
+        action="store_true",
+        help="cryoflow ctf's default settings (512² spectrum, tilt fits) instead of the fast on-the-fly mode",
+    )
+    parser.add_argument("--no-tilt", action="store_true", help="with --ctf-full: skip the 3x3 local fits of tilt")
     parser.add_argument("--no-feedback", action="store_true", help="update the cumulative STAR files only")
     parser.add_argument("--pick-report", action="store_true", help="write pick's report for every batch (slower)")
     parser.add_argument("--step-delay", type=float, default=0.0, help=argparse.SUPPRESS)  # tests: slow batches
@@ -84,6 +91,7 @@ def main(args: argparse.Namespace) -> int:
         cs=args.cs,
         amplitude_contrast=args.amplitude_contrast,
         tilt=not args.no_tilt,
+        ctf_fast=not args.ctf_full,
         device=str(resolve_device(args.device)),
         feedback=not args.no_feedback,
         pick_report=args.pick_report,

@@ -1,8 +1,11 @@
 """An acquisition simulator: replay a session that follows cryoflow's plan against one that goes in order.
 
-The grid is the simulator's (:func:`cryoflow.simulate.grid.plan_grid`): squares of quality
-good, medium or bad, each with its holes (one exposure per hole) and each exposure's
-truth (good, or the reason it is bad). No micrograph is rendered: after an exposure the
+The grid is the simulator's physical grid model
+(:func:`cryoflow.simulate.grid_model.plan_session_grid`: ice from blotting gradients, the
+grid rim and square-to-square scatter; broken, contaminated and devitrified squares), each
+square with its holes (one exposure per hole) and each exposure's truth (good, or the
+reason it is bad); ``weights`` selects the former named-quality grids
+(:func:`cryoflow.simulate.grid.plan_grid`). No micrograph is rendered: after an exposure the
 pipeline's score arrives from :class:`ScoreModel`, a noisy P(good) calibrated to
 micassess (about 97% of exposures on the right side of 0.5, as its held-out benchmark).
 
@@ -27,6 +30,7 @@ import pandas as pd
 from cryoflow.feedback.planner import Costs, PlanState
 from cryoflow.feedback.spatial import SpatialModel
 from cryoflow.simulate.grid import GridPlan, plan_grid
+from cryoflow.simulate.grid_model import plan_session_grid
 
 QUALITY_WEIGHTS = {"good": 0.3, "medium": 0.3, "bad": 0.4}  # share of squares of each quality
 
@@ -64,9 +68,22 @@ class Replay:
         return 3600.0 * self.good / self.seconds if self.seconds > 0 else 0.0
 
 
-def simulated_grid(seed: int, n_squares: int = 24, holes_per_square: int = 60, weights: dict | None = None) -> GridPlan:
-    """A grid of ``n_squares`` squares whose qualities are drawn with ``weights`` (seeded)."""
-    weights = weights or QUALITY_WEIGHTS
+def simulated_grid(
+    seed: int,
+    n_squares: int = 24,
+    holes_per_square: int = 60,
+    weights: dict | None = None,
+    prep: str = "typical",
+) -> GridPlan:
+    """A simulated grid of ``n_squares`` squares (seeded).
+
+    By default the squares and holes follow the physical grid model
+    (:func:`cryoflow.simulate.grid_model.plan_session_grid` with preparation ``prep``);
+    with ``weights`` (share of ``good``/``medium``/``bad`` squares) the named qualities of
+    :func:`cryoflow.simulate.grid.plan_grid` instead (fixed bad fractions 5/20/60%).
+    """
+    if weights is None:
+        return plan_session_grid(n_squares, holes_per_square, np.random.default_rng([seed, 8]), prep)
     rng = np.random.default_rng([seed, 8])
     names = list(weights)
     w = np.array([weights[k] for k in names], dtype=float)
@@ -140,10 +157,11 @@ def compare(
     holes_per_square: int = 60,
     weights: dict | None = None,
     score_model: ScoreModel | None = None,
+    prep: str = "typical",
 ) -> dict:
     """Both strategies on one simulated grid; returns their figures and the ratio (plan / in order)."""
     costs = costs or Costs()
-    plan = simulated_grid(seed, n_squares, holes_per_square, weights)
+    plan = simulated_grid(seed, n_squares, holes_per_square, weights, prep)
     targets, truth = grid_targets(plan)
     scores = (score_model or ScoreModel()).draw(truth, np.random.default_rng([seed, 9]))
     ordered = replay_in_order(targets, truth, costs, budget_s)

@@ -57,6 +57,7 @@ from cryoflow.errors import CryoflowError
 from cryoflow.feedback.journal import Journal
 
 STEPS = ("ctf", "micassess", "pick")
+REFRESH_ERROR = ".refresh_error"  # in OUT: the background refresh's error message, if any
 JOURNAL = "journal.jsonl"
 STOP_FILE = "STOP"
 BATCHES = "batches"
@@ -96,7 +97,9 @@ class WatchOptions:
     voltage: float = 300.0
     cs: float = 2.7
     amplitude_contrast: float = 0.1
-    tilt: bool = True  # ctf's 3x3 local fits that measure specimen tilt (False: faster)
+    tilt: bool = True  # ctf's 3x3 local fits that measure specimen tilt (full mode only; False: faster)
+    ctf_fast: bool = True  # ctf's on-the-fly mode (cryoflow.ctf.Settings.fast); False: cryoflow ctf's defaults
+    background_refresh: bool = True  # feedback + index report in a forked child while the next batch runs
     device: str = "cpu"
     search_min: int = 4
     feedback: bool = True
@@ -170,6 +173,7 @@ class Watcher:
         self.counters = Counters()
         self._model = None
         self._cumulative: Cumulative | None = None
+        self._child: tuple[int, dict] | None = None  # the background refresh: (pid, its feedback event)
         self._replay()
 
     # ---- journal replay and recovery -------------------------------------------------------
@@ -372,10 +376,8 @@ class Watcher:
             from cryoflow.ctf import Optics, Settings, run_ctf
 
             optics = Optics(opt.voltage, opt.cs, opt.amplitude_contrast)
-            timed(
-                "ctf",
-                lambda: run_ctf(paths, tmp / "ctf", opt.pixel_size, optics, Settings(tilt=opt.tilt), device=opt.device),
-            )
+            settings = Settings.fast() if opt.ctf_fast else Settings(tilt=opt.tilt)
+            timed("ctf", lambda: run_ctf(paths, tmp / "ctf", opt.pixel_size, optics, settings, device=opt.device))
         if "micassess" in opt.steps:
             from cryoflow.micassess.run import run_micassess
 
@@ -417,8 +419,13 @@ class Watcher:
         return self._model
 
     # ---- cumulative run and feedback ---------------------------------------------------------
-    def refresh(self) -> None:
-        """Bring ``run/`` up to the complete batches, run the hooks, feedback and the index report."""
+    def refresh(self, background: bool = False) -> None:
+        """Bring ``run/`` up to the complete batches, run the hooks, feedback and the index report.
+
+        The STAR tables and hooks are brought up to date here; feedback and the index report
+        (the slow part: the planner and the HTML pages) run here too, or with ``background``
+        in a forked child (:meth:`_fork_refresh`) while the watcher goes on with the next batch.
+        """
         if "ctf" not in self.opt.steps:
             self.journal.append({"e": "feedback", "upto": max(self.done, default=None), "skipped": "no ctf step"})
             return
@@ -428,17 +435,64 @@ class Watcher:
         self._cumulative.update(sorted(self.done), self.params)
         for hook in RUN_HOOKS:
             hook(run, self)
-        error = None
-        if self.opt.feedback and self._cumulative.n_micrographs:
-            error = _swap_feedback(run)
-        from cryoflow.report import write_index
-
-        write_index(run, title=f"cryoflow watch: {self.input}")
         ev = {"e": "feedback", "upto": max(self.done), "micrographs": self._cumulative.n_micrographs}
+        if background and self._fork_refresh(ev):
+            return
+        error = _feedback_and_index(run, self.input, self.opt.feedback and self._cumulative.n_micrographs > 0)
         if error:
             ev["error"] = error
             self._say(f"feedback not updated: {error}")
         self.journal.append(ev)
+
+    def _fork_refresh(self, ev: dict) -> bool:
+        """Run feedback and the index report in a forked child; its event is journaled when it ends (:meth:`reap`).
+
+        The child gets a copy of this process (no imports to redo), dies with the watcher
+        (``PR_SET_PDEATHSIG``: a kill -9 of the watcher leaves no writer behind) and writes
+        only ``run/feedback`` (swapped in by a rename) and ``run/index.html`` (atomic). False
+        where ``fork`` is not available (the refresh then runs in this process).
+        """
+        if not hasattr(os, "fork"):
+            return False
+        run = self.out / RUN
+        flag = self.opt.feedback and self._cumulative.n_micrographs > 0
+        error_file = self.out / REFRESH_ERROR
+        error_file.unlink(missing_ok=True)
+        pid = os.fork()
+        if pid == 0:  # the child: never returns
+            code = 0
+            try:
+                _die_with_parent()
+                if os.getppid() == 1:  # the watcher died before the line above took effect
+                    os._exit(1)
+                error = _feedback_and_index(run, self.input, flag)
+                if error:
+                    error_file.write_text(error, encoding="utf-8")
+            except BaseException:  # noqa: BLE001 - the child must exit whatever happens
+                code = 1
+            finally:
+                os._exit(code)
+        self._child = (pid, {**ev, "background": True})
+        return True
+
+    def reap(self, wait: bool = False) -> bool:
+        """Journal the background refresh's event once its child has ended; True when none is running."""
+        if self._child is None:
+            return True
+        pid, ev = self._child
+        done, status = os.waitpid(pid, 0 if wait else os.WNOHANG)
+        if done == 0:
+            return False
+        self._child = None
+        error_file = self.out / REFRESH_ERROR
+        if os.waitstatus_to_exitcode(status) != 0:
+            ev["error"] = "feedback refresh failed in its child process"
+        elif error_file.exists():
+            ev["error"] = error_file.read_text(encoding="utf-8")
+        if "error" in ev:
+            self._say(f"feedback not updated: {ev['error']}")
+        self.journal.append(ev)
+        return True
 
     # ---- main loop -----------------------------------------------------------------------------
     def stop_requested(self) -> str | None:
@@ -476,12 +530,17 @@ class Watcher:
             if todo:
                 b = todo.pop(0)
                 stale |= self.run_batch(b)
-            if stale and not todo:
-                # refresh feedback when the queue is drained (while catching up, batches go first)
+            idle = self.reap()
+            if stale and idle and (not todo or (opt.background_refresh and not opt.once)):
+                # refresh feedback when the queue is drained (while catching up, batches go first);
+                # in the background, the next batch runs while feedback and the report are written
                 if not opt.once:
                     self.scan()
-                if opt.once or len(self.pending()) < opt.batch:
-                    self.refresh()
+                background = opt.background_refresh and not opt.once
+                # in the background a refresh never holds up the batches, so it need not wait for
+                # the queue to drain: feedback stays at most one refresh behind while catching up
+                if opt.once or background or len(self.pending()) < opt.batch:
+                    self.refresh(background=background)
                     stale = False
             why = self.stop_requested()
             if why:
@@ -491,6 +550,7 @@ class Watcher:
                 break
             if not todo:
                 time.sleep(opt.poll_s)
+        self.reap(wait=True)
         if stale:
             self.refresh()
         self.journal.append({"e": "stop", "why": why, "processed": self.counters.processed})
@@ -502,6 +562,26 @@ class Watcher:
     def _say(self, text: str) -> None:
         if not self.opt.quiet:
             print(f"cryoflow watch: {text}", file=sys.stderr, flush=True)
+
+
+def _feedback_and_index(run: Path, input_dir: Path, feedback: bool) -> str | None:
+    """``cryoflow feedback`` on ``run`` (when ``feedback``) and the index report; an error message or None."""
+    from cryoflow.report import write_index
+
+    error = _swap_feedback(run) if feedback else None
+    write_index(run, title=f"cryoflow watch: {input_dir}")
+    return error
+
+
+def _die_with_parent() -> None:
+    """Linux: this process gets SIGKILL when its parent dies (no-op elsewhere)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _swap_feedback(run: Path) -> str | None:

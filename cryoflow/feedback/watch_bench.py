@@ -206,6 +206,8 @@ def latency_check(
     batch: int = 4,
     max_latency: float = 4.0,
     settle: float = 1.0,
+    steps: str = "ctf,micassess,pick",
+    ctf_full: bool = False,
 ) -> dict:
     """Write ``big`` 4096² micrographs every ``interval`` s while a full watcher runs; latencies (s)
     from each file's last byte to the feedback refresh covering it, and throughput."""
@@ -232,7 +234,10 @@ def latency_check(
         str(max_latency),
         "--stop-after",
         str(big),
-    ] + (["--pixel-size", str(apix)] if apix else [])
+        "--steps",
+        steps,
+    ]
+    options += (["--pixel-size", str(apix)] if apix else []) + (["--ctf-full"] if ctf_full else [])
     watcher = subprocess.Popen(_watch_cmd(inp, out, *options))
     time.sleep(2.0)  # the watcher's imports
     t0 = time.time()
@@ -249,10 +254,10 @@ def latency_check(
         when = next((tr for tr, upto in refreshed if b and upto >= b), None)
         if when is not None:
             lat.append(when - t)
-    steps: dict[str, float] = {}
+    step_s: dict[str, float] = {}
     for e in events:
         if e["e"] == "step":
-            steps[e["step"]] = steps.get(e["step"], 0.0) + e["s"]
+            step_s[e["step"]] = step_s.get(e["step"], 0.0) + e["s"]
     last = max(t for t, _ in refreshed) if refreshed else time.time()
     lat = np.array(lat)
     half = len(lat) // 2
@@ -269,8 +274,11 @@ def latency_check(
                 "second_half_median": round(float(np.median(lat[half:])), 2) if half else None,
             },
             "throughput_per_s": round(len(lat) / max(last - t0, 1e-9), 3),
-            "step_seconds_per_micrograph": {k: round(v / max(len(written), 1), 3) for k, v in steps.items()},
+            "step_seconds_per_micrograph": {k: round(v / max(len(written), 1), 3) for k, v in step_s.items()},
             "cores": os.cpu_count(),
+            "steps": steps,
+            "ctf": "full" if ctf_full else "fast",
+            "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         }
     )
     return result
@@ -286,6 +294,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--big", type=int, default=12, help="4096² micrographs for latency/throughput (0: skip)")
     parser.add_argument("--interval", type=float, default=2.0, help="seconds between 4096² micrographs")
     parser.add_argument("--batch", type=int, default=4, help="watch --batch for the 4096² run")
+    parser.add_argument("--steps", default="ctf,micassess,pick", help="watch --steps for the 4096² run")
+    parser.add_argument("--ctf-full", action="store_true", help="watch --ctf-full: cryoflow ctf's default settings")
+    parser.add_argument("--max-latency", type=float, default=4.0, help="watch --max-latency for the 4096² run")
     parser.add_argument("--pool", help="folder of micrographs to copy (default: simulate 4 realistic ones)")
     parser.add_argument("--work", help="working folder (default: a temporary one, removed)")
     parser.add_argument("--seed", type=int, default=0)
@@ -300,7 +311,16 @@ def main(argv: list[str] | None = None) -> dict:
                 f"{k['duplicated']} twice, {k['kills']} SIGKILLs, {k['seconds']} s"
             )
         if args.big:
-            r = latency_check(Path(tmp) / "big", args.big, args.interval, args.pool, batch=args.batch)
+            r = latency_check(
+                Path(tmp) / "big",
+                args.big,
+                args.interval,
+                args.pool,
+                batch=args.batch,
+                max_latency=args.max_latency,
+                steps=args.steps,
+                ctf_full=args.ctf_full,
+            )
             figures["latency"] = r
             print(
                 f"4096² every {args.interval:g} s on {r['cores']} cores: latency median {r['latency_s']['median']} s, "

@@ -48,6 +48,8 @@ class SquareQuality:
     the open area (ice is thicker near the bars). ``bad_fraction``: fraction of the
     square's exposures that are bad. ``reasons``: relative weight of each bad reason.
     ``contamination_density``: ice/ethane balls per 100 µm² on the low-magnification image.
+    ``condition``: a square-wide accident (``intact``, ``broken``, ``contaminated``,
+    ``crystalline``; see :mod:`cryoflow.simulate.grid_model`).
     """
 
     name: str
@@ -57,6 +59,7 @@ class SquareQuality:
     bad_fraction: float
     reasons: dict[str, float]
     contamination_density: float = 0.5
+    condition: str = "intact"
 
 
 QUALITIES: dict[str, SquareQuality] = {
@@ -265,54 +268,100 @@ def plan_grid(
         for idx, reason in zip(rest, [x for x in reasons if x != "thick_ice"], strict=False):
             shot_reason[idx] = reason
 
-        hole_objs = []
-        for j, (hx, hy) in enumerate(picked):
-            reasons_here = set(shot_reason[shot_hole == j])
-            thickness = float(ice[j])
-            if "thick_ice" in reasons_here:
-                thickness = float(thick_ice_threshold * rng.uniform(1.25, 2.0))
-            hole = Hole(
-                hole_id=hole_id,
-                square_index=square.index,
-                stage_x=round(float(square.stage_x + hx), 3),
-                stage_y=round(float(square.stage_y + hy), 3),
-                ice_thickness=round(thickness, 2),
-                broken="empty" in reasons_here,
-            )
-            hole_id += int(rng.integers(1, 60))
-            hole_objs.append(hole)
+        hole_objs, square_shots, hole_id = expose_square(
+            square,
+            picked,
+            ice,
+            shot_reason,
+            shots_per_hole,
+            hole_id,
+            len(shots),
+            rng,
+            hole_diameter=hole_diameter,
+            field_of_view=field_of_view,
+            thick_ice_threshold=thick_ice_threshold,
+        )
         holes.extend(hole_objs)
-
-        template = {}
-        for s in range(n):
-            hole = hole_objs[shot_hole[s]]
-            k = template.get(hole.hole_id, 0)
-            template[hole.hole_id] = k + 1
-            reason = str(shot_reason[s])
-            if reason == "carbon":  # straddle the hole's edge
-                angle = rng.uniform(0, 2 * math.pi)
-                dist = hole_diameter / 2
-            elif shots_per_hole == 1:
-                angle, dist = 0.0, 0.0
-            else:  # template positions on a ring inside the hole
-                angle = 2 * math.pi * k / shots_per_hole + math.pi / 4
-                dist = min(hole_diameter / 2 - field_of_view / 2, field_of_view * 0.75)
-            thickness = 0.0 if reason == "empty" else hole.ice_thickness
-            if reason != "thick_ice" and reason != "empty":
-                thickness = float(np.clip(thickness + rng.normal(0, 1.0), 10.0, 0.9 * thick_ice_threshold))
-            shots.append(
-                Shot(
-                    index=len(shots),
-                    square=square,
-                    hole=hole,
-                    template=k + 1,
-                    stage_x=round(hole.stage_x + dist * math.cos(angle), 3),
-                    stage_y=round(hole.stage_y + dist * math.sin(angle), 3),
-                    ice_thickness=round(thickness, 2),
-                    reason=reason,
-                )
-            )
+        shots.extend(square_shots)
     return GridPlan(squares, holes, shots, hole_diameter, hole_pitch, thick_ice_threshold)
+
+
+def expose_square(
+    square: Square,
+    picked: np.ndarray,
+    ice: np.ndarray,
+    shot_reason: np.ndarray,
+    shots_per_hole: int,
+    hole_id: int,
+    first_shot: int,
+    rng: np.random.Generator,
+    hole_diameter: float,
+    field_of_view: float,
+    thick_ice_threshold: float,
+    redraw_thick: bool = True,
+) -> tuple[list[Hole], list[Shot], int]:
+    """The holes and exposures of one square: ``(holes, shots, next hole id)``.
+
+    ``picked`` ``(H, 2)``: hole centres relative to the square's centre (µm), in EPU's
+    order; ``ice`` ``(H,)``: each hole's ice thickness (nm); ``shot_reason`` ``(N,)``: what
+    each exposure shows (exposure ``s`` lies in hole ``s // shots_per_hole``). A hole with
+    a ``thick_ice`` exposure gets a thickness of 1.25-2x the threshold when
+    ``redraw_thick`` (else its own, at least 1.25x); one with an ``empty`` exposure is
+    broken. Exposure ids start at ``first_shot``.
+    """
+    n = len(shot_reason)
+    shot_hole = np.repeat(np.arange(len(picked)), shots_per_hole)[:n]
+    hole_objs = []
+    for j, (hx, hy) in enumerate(picked):
+        reasons_here = set(shot_reason[shot_hole == j])
+        thickness = float(ice[j])
+        if "thick_ice" in reasons_here:
+            if redraw_thick:
+                thickness = float(thick_ice_threshold * rng.uniform(1.25, 2.0))
+            else:
+                thickness = max(thickness, 1.25 * thick_ice_threshold)
+        hole = Hole(
+            hole_id=hole_id,
+            square_index=square.index,
+            stage_x=round(float(square.stage_x + hx), 3),
+            stage_y=round(float(square.stage_y + hy), 3),
+            ice_thickness=round(thickness, 2),
+            broken="empty" in reasons_here,
+        )
+        hole_id += int(rng.integers(1, 60))
+        hole_objs.append(hole)
+
+    shots: list[Shot] = []
+    template: dict[int, int] = {}
+    for s in range(n):
+        hole = hole_objs[shot_hole[s]]
+        k = template.get(hole.hole_id, 0)
+        template[hole.hole_id] = k + 1
+        reason = str(shot_reason[s])
+        if reason == "carbon":  # straddle the hole's edge
+            angle = rng.uniform(0, 2 * math.pi)
+            dist = hole_diameter / 2
+        elif shots_per_hole == 1:
+            angle, dist = 0.0, 0.0
+        else:  # template positions on a ring inside the hole
+            angle = 2 * math.pi * k / shots_per_hole + math.pi / 4
+            dist = min(hole_diameter / 2 - field_of_view / 2, field_of_view * 0.75)
+        thickness = 0.0 if reason == "empty" else hole.ice_thickness
+        if reason != "thick_ice" and reason != "empty":
+            thickness = float(np.clip(thickness + rng.normal(0, 1.0), 10.0, 0.9 * thick_ice_threshold))
+        shots.append(
+            Shot(
+                index=first_shot + s,
+                square=square,
+                hole=hole,
+                template=k + 1,
+                stage_x=round(hole.stage_x + dist * math.cos(angle), 3),
+                stage_y=round(hole.stage_y + dist * math.sin(angle), 3),
+                ice_thickness=round(thickness, 2),
+                reason=reason,
+            )
+        )
+    return hole_objs, shots, hole_id
 
 
 def render_square(
