@@ -26,6 +26,8 @@ COMMANDS = [
     "pick",
     "extract",
     "classify2d",
+    "classassess",
+    "particles",
     "feedback",
     "watch",
     "report",

@@ -178,16 +178,21 @@ def test_demo_runs_the_workflow_and_resumes(demo_run, capsys):
     # the whole stack was classified
     classify2d = json.loads((run / "classify2d" / "summary.json").read_text())
     assert classify2d["stage"] == extract["stage"] and classify2d["classes"] >= 2
+    # the good classes were selected, their particles kept
+    classassess = json.loads((run / "classassess" / "summary.json").read_text())
+    assert classassess["classes"] == classify2d["classes"] and classassess["particles_in"] == classify2d["particles"]
+    assert 0 < classassess["stage"]["particles"] == classassess["particles_kept"] <= classify2d["particles"]
     # one run folder, one sub-folder per step, the outputs listed where they now lie
     outputs = json.loads((run / "outputs.json").read_text())
     assert outputs["ctf_dir"] == "ctf" and outputs["micrographs_good"] == "micassess/micrographs_good.star"
     assert outputs["pick_dir"] == "pick" and outputs["extract_dir"] == "extract"
     assert outputs["particles"] == "extract/particles.star"
     assert outputs["classify2d_dir"] == "classify2d" and outputs["class_averages"] == "classify2d/classes.mrcs"
-    for name in ("ctf", "micassess", "pick", "extract", "classify2d"):
+    assert outputs["particles_selected"] == "classassess/particles_selected.star"
+    for name in ("ctf", "micassess", "pick", "extract", "classify2d", "classassess"):
         assert info["steps"][name]["status"] == "success" and info["steps"][name]["seconds"] > 0
     html = (run / "index.html").read_text()
-    for folder in ("simulate", "ctf", "micassess", "pick", "extract", "classify2d"):
+    for folder in ("simulate", "ctf", "micassess", "pick", "extract", "classify2d", "classassess"):
         assert f'href="{folder}/report.html"' in html
     assert f">{extract['stage']['particles']}<" in html  # particles leaving extract, from its "stage"
     assert (run / "pipeline.png").is_file()
@@ -244,6 +249,7 @@ def test_index_in_chromium(demo_run):
         "pick/report.html",
         "extract/report.html",
         "classify2d/report.html",
+        "classassess/report.html",
     }
     assert pages["index.html"]["images"] == 1  # the pipeline graph
     assert all(p["images"] > 0 for p in pages.values())

@@ -8,8 +8,9 @@ doc: |
   detection, particle picking on the good micrographs (diameter and threshold chosen from the
   data unless given) and extraction into normalized stacks with particles.star (RELION 3.1)
   and particles.cs (cryoSPARC), then reference-free 2D classification of the stack (class
-  averages, model.star, particles.star with class assignments). Class selection and feedback
-  join as they land (issue 7). Every step writes its folder (report.html, summary.json) into the output
+  averages, model.star, particles.star with class assignments) and the selection of the good
+  classes (particles_selected.star). The particle classifier and feedback join as they land
+  (issue 7). Every step writes its folder (report.html, summary.json) into the output
   directory; `cryoflow report` indexes them.
 $namespaces:
   sbg: https://www.sevenbridges.com/
@@ -130,6 +131,15 @@ steps:
     out: [out_dir, class_averages, model, particles_classified, report, summary]
     sbg:x: 1500
     sbg:y: 300
+  classassess:
+    run: ../tools/classassess.cwl
+    label: Class selection
+    in:
+      classes: classify2d/out_dir
+      particles: extract/out_dir
+    out: [out_dir, classes_selected, particles_selected, particles_rejected, report, summary]
+    sbg:x: 1800
+    sbg:y: 300
 outputs:
   ctf_dir:
     type: Directory
@@ -172,10 +182,22 @@ outputs:
     label: 2D classes
     outputSource: classify2d/out_dir
     sbg:x: 1800
-    sbg:y: 200
+    sbg:y: 100
   class_averages:
     type: File
     label: Class averages (MRC stack)
     outputSource: classify2d/class_averages
     sbg:x: 1800
-    sbg:y: 400
+    sbg:y: -100
+  classassess_dir:
+    type: Directory
+    label: Class selection
+    outputSource: classassess/out_dir
+    sbg:x: 2100
+    sbg:y: 100
+  particles_selected:
+    type: File
+    label: Particles of kept classes (STAR)
+    outputSource: classassess/particles_selected
+    sbg:x: 2100
+    sbg:y: -100

@@ -88,8 +88,8 @@ def fourier_crop(images: np.ndarray, box: int) -> np.ndarray:
     return (torch.fft.irfft2(spec, s=(box, box)) * (box / size) ** 2).numpy()
 
 
-def _parse_image_names(names, star_path: Path) -> tuple[list[Path], np.ndarray, np.ndarray]:
-    from cryoflow.io import resolve_star_path
+def _parse_image_names(names, star_path: Path, images: Path | None = None) -> tuple[list[Path], np.ndarray, np.ndarray]:
+    from cryoflow.io import find_image
 
     files: dict[str, int] = {}
     file_index = np.empty(len(names), dtype=np.int64)
@@ -109,12 +109,17 @@ def _parse_image_names(names, star_path: Path) -> tuple[list[Path], np.ndarray, 
             raise CryoflowError(star_path, f"rlnImageName {text!r} (row {i + 1}): image numbers start at 1")
         file_index[i] = files.setdefault(stack, len(files))
         slice_index[i] = n - 1
-    paths = [resolve_star_path(s, star_path) for s in files]
+    bases: list[Path] = []
+    paths = [find_image(s, star_path, images, bases) for s in files]
     return paths, file_index, slice_index
 
 
-def read_particles(path: str | os.PathLike) -> ParticleSet:
-    """Read and check a particle STAR file (RELION 3.0 or 3.1+) and the headers of its stacks."""
+def read_particles(path: str | os.PathLike, images: str | os.PathLike | None = None) -> ParticleSet:
+    """Read and check a particle STAR file (RELION 3.0 or 3.1+) and the headers of its stacks.
+
+    Stack names resolve as RELION does, else under ``images`` (a folder holding the stacks,
+    e.g. the extract step's), else in sibling folders of the STAR file's folder
+    (:func:`cryoflow.io.find_image`)."""
     from cryoflow.io import read_info, read_table, require_columns
 
     path = Path(path)
@@ -128,7 +133,7 @@ def read_particles(path: str | os.PathLike) -> ParticleSet:
     if len(sizes) != 1 or not np.isfinite(sizes[0]) or sizes[0] <= 0:
         raise CryoflowError(path, f"particles must share one positive pixel size, found {sizes.tolist()} Å")
     pixel_size = float(sizes[0])
-    files, file_index, slice_index = _parse_image_names(table["rlnImageName"], path)
+    files, file_index, slice_index = _parse_image_names(table["rlnImageName"], path, Path(images) if images else None)
     box = None
     for f, stack in enumerate(files):
         if not stack.exists():

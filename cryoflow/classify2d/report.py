@@ -66,8 +66,9 @@ def write_report(out: Path, parts, clf, state, rec, summary: dict, model_classes
         "Median class resolution",
         summary["median_resolution_angstrom"] if summary["median_resolution_angstrom"] is not None else float("nan"),
         "Å",
-        "Each class's particles are split in two random halves and averaged separately; the resolution is "
-        "the finest detail (in Å) where the two half-averages still agree (Fourier ring correlation 0.143). "
+        "The finest detail (in Å) at which a class average still holds more signal than noise (its spectral "
+        "signal-to-noise ratio stays above 1; RELION's estimated resolution of a 2D class). Few particles or "
+        "particles that do not belong together (junk, mixed views) make it coarser. "
         "Smaller is better; the smallest possible is twice the pixel size "
         f"({2 * summary['pixel_size_angstrom']:.2f} Å).",
     )

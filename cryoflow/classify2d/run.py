@@ -8,7 +8,9 @@ folder and renamed when complete):
 - ``classes.mrcs``: the K class averages (masked, centred), in class order;
 - ``model.star``: ``data_model_general`` and ``data_model_classes`` (rlnReferenceImage
   ``k@classes.mrcs``, rlnClassDistribution, cfParticleCount, rlnEstimatedResolution (Å,
-  FRC 0.143 of half-set averages), rlnAccuracyRotations (degrees), rlnAccuracyTranslationsAngst);
+  where the class's spectral SNR falls below 1, RELION's definition for 2D classes),
+  cfHalfSetResolution (Å, FRC 0.143 of half-set averages; optimistic, both halves are
+  aligned to one reference), rlnAccuracyRotations (degrees), rlnAccuracyTranslationsAngst);
 - ``particles.star``: the input columns plus rlnClassNumber (1-based), rlnAnglePsi
   (degrees), rlnOriginXAngst/YAngst, rlnMaxValueProbDistribution, rlnNormCorrection
   (1: extract normalizes the particles), rlnLogLikeliContribution;
@@ -292,7 +294,7 @@ class Classifier:
             sigma2 = self._noise(state, stage, refs, accs, n_total)
         # resolution from the half-set averages
         curve = frc(halves[0] * self.basis.mask, halves[1] * self.basis.mask, R)
-        res, rings = resolution_from_frc(curve, self.p.box, self.p.pixel_size, stage.J)
+        halfset_res, rings = resolution_from_frc(curve, self.p.box, self.p.pixel_size, stage.J)
         counts_k = weights * n_total
         big = counts_k >= max(10.0, 0.5 * float(counts_k.mean()))
         # next resolution limit: 2 rings beyond where the spectral SNR of the typical class falls
@@ -300,6 +302,7 @@ class Classifier:
         # most 3 rings more per iteration
         below = (ssnr[:, 1 : stage.J + 1] < 1).cpu()
         first = torch.where(below.any(1), below.float().argmax(1), torch.full((K,), stage.J))  # last ring >= 1
+        res = self.p.box * self.p.pixel_size / first.clamp_min(1).float()  # RELION's class resolution
         j_data = int(torch.quantile(first[big.cpu()].float(), 0.5)) if big.any() else stage.J
         J_next = int(min(self.basis.n_rings - 1, max(state.J, min(j_data + 2, state.J + 3))))
         # centring, re-seeding, masking
@@ -339,7 +342,7 @@ class Classifier:
             state.offsets,
             state.known,
         )
-        self.last = {"halves": halves, "frc": curve, "rings": rings, "ssnr": ssnr}
+        self.last = {"halves": halves, "frc": curve, "rings": rings, "ssnr": ssnr, "halfset_resolution": halfset_res}
         return new, info
 
     def _noise(self, state: State, stage, refs: dict, accs: dict, n_total: int) -> torch.Tensor:
@@ -477,6 +480,8 @@ def run_classify2d(
     acc_tr = np.array([np.median(rec.shift_sd[rec.klass == k]) * apix if counts[k] else np.nan for k in range(K)])
     res = state.resolution.cpu().numpy().astype(float)
     res[counts == 0] = np.nan
+    halfset = clf.last["halfset_resolution"].cpu().numpy().astype(float)
+    halfset[counts == 0] = np.nan
     table = parts.table.table.copy()
     table["rlnClassNumber"] = rec.klass + 1
     table["rlnAnglePsi"] = psi.round(3)
@@ -491,6 +496,7 @@ def run_classify2d(
         "rlnClassDistribution": (counts / max(counts.sum(), 1)).round(6),
         "cfParticleCount": counts,
         "rlnEstimatedResolution": np.round(res, 3),
+        "cfHalfSetResolution": np.round(halfset, 3),
         "rlnAccuracyRotations": np.round(acc_rot, 3),
         "rlnAccuracyTranslationsAngst": np.round(acc_tr, 3),
     }

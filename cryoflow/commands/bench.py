@@ -17,7 +17,7 @@ import importlib
 
 from cryoflow.errors import CryoflowError
 
-STEPS = ["simulate", "ctf", "micassess", "pick", "extract", "classify2d", "feedback", "watch"]
+STEPS = ["simulate", "ctf", "micassess", "pick", "extract", "classify2d", "classassess", "feedback", "watch"]
 # steps whose benchmark module is not cryoflow.<step>.bench
 MODULES = {
     "pick": "cryoflow.picking.pick_bench",

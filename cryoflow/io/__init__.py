@@ -6,7 +6,7 @@ the file.
 """
 
 from cryoflow.io.atomic import atomic_dir, atomic_path, write_bytes, write_text
-from cryoflow.io.micrographs import MicrographSet, find_image, find_micrographs
+from cryoflow.io.micrographs import MicrographSet, find_image, find_micrographs, rebase_image_names
 from cryoflow.io.mrc import MRCInfo, ParticleStack, open_stack, read_info, read_micrograph, write_mrc
 from cryoflow.io.star import (
     StarTable,
@@ -34,6 +34,7 @@ __all__ = [
     "read_info",
     "read_micrograph",
     "read_table",
+    "rebase_image_names",
     "require_columns",
     "resolve_star_path",
     "write_blocks",

@@ -125,3 +125,28 @@ def find_image(name: str, star_path: Path, images: Path | None, bases: list[Path
                 bases.append(sibling)
                 return sibling / name
     return path
+
+
+def rebase_image_names(names, star_path: Path, images: Path | None, folder: Path) -> list[str]:
+    """``N@stack`` names (or plain file names) of a STAR file at ``star_path``, rewritten for a
+    STAR file that will live in ``folder``: relative to ``folder``'s parent (the run or
+    project folder, which :func:`resolve_star_path` searches, as RELION names files relative
+    to its project folder) when the file is inside it, else absolute; names whose file is
+    not found (see :func:`find_image`) are kept as they are."""
+    import os
+
+    bases: list[Path] = []
+    root = Path(folder).resolve().parent
+    cache: dict[str, str] = {}
+    out = []
+    for text in map(str, names):
+        number, sep, stack = text.rpartition("@")
+        if stack not in cache:
+            path = find_image(stack, Path(star_path), images, bases)
+            if path.exists():
+                rel = os.path.relpath(path.resolve(), root)
+                cache[stack] = rel if not rel.startswith("..") else str(path.resolve())
+            else:
+                cache[stack] = stack
+        out.append(f"{number}{sep}{cache[stack]}")
+    return out

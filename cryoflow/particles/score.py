@@ -1,0 +1,165 @@
+"""``cryoflow particles score``: keep good particles with the trained classifier, no 2D needed.
+
+Reads any particle STAR file with stacks (the extract step's ``particles.star`` of new
+micrographs, or ``classassess``'s ``particles_selected.star``), scores every image with a
+:class:`~cryoflow.particles.model.ParticleModel` and writes into ``out`` (built in a
+temporary folder, renamed when complete):
+
+- ``particles_clean.star``: the kept particles (input columns + ``cfParticleScore``), their
+  images copied into ``Particles/<stack>.mrcs`` (only the kept ones, so the stack is
+  self-contained for RELION 3D or cryoSPARC); ``particles_clean.cs`` (cryoSPARC);
+- ``particles_rejected.star``: the others (their original images, names rebased);
+- ``micrographs_yield.star``: per micrograph the picks, the good particles, their share
+  and the mean score: the micrograph-level yield that acquisition feedback uses;
+- ``summary.json``, ``report.html``.
+
+Images are streamed stack by stack, so memory does not grow with the number of particles.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cryoflow.errors import CryoflowError
+from cryoflow.particles.model import ParticleModel
+
+
+def micrograph_yield(table: pd.DataFrame, keep: np.ndarray, score: np.ndarray) -> pd.DataFrame:
+    """Per micrograph: cfPicks, cfGoodParticles, cfGoodFraction, cfMeanScore."""
+    names = table["rlnMicrographName"].astype(str) if "rlnMicrographName" in table else pd.Series(["-"] * len(table))
+    df = pd.DataFrame({"rlnMicrographName": names.to_numpy(), "keep": keep, "score": score})
+    g = df.groupby("rlnMicrographName", sort=True)
+    out = pd.DataFrame(
+        {
+            "cfPicks": g.size(),
+            "cfGoodParticles": g["keep"].sum().astype(int),
+            "cfGoodFraction": g["keep"].mean().round(4),
+            "cfMeanScore": g["score"].mean().round(4),
+        }
+    ).reset_index()
+    return out
+
+
+def _micrograph_shapes(table: pd.DataFrame, star: Path) -> tuple[dict, str]:
+    """``{name: (H, W)}`` from the micrograph headers when the files are found, else from the
+    coordinates (the extent of the picks; said in the summary)."""
+    from cryoflow.io import find_image, read_info
+
+    shapes, estimated = {}, 0
+    bases: list[Path] = []
+    for name, rows in table.groupby(table["rlnMicrographName"].astype(str)):
+        path = find_image(name, star, None, bases)
+        if path.is_file():
+            try:
+                info = read_info(path)
+                shapes[name] = tuple(int(v) for v in info.shape[-2:])
+                continue
+            except CryoflowError:
+                pass
+        estimated += 1
+        shapes[name] = (int(np.ceil(rows["rlnCoordinateY"].max())) + 1, int(np.ceil(rows["rlnCoordinateX"].max())) + 1)
+    note = "micrograph headers" if not estimated else f"estimated from the picks for {estimated} micrograph(s)"
+    return shapes, note
+
+
+def score_particles(
+    particles: str | os.PathLike,
+    model: str | os.PathLike,
+    out: str | os.PathLike,
+    threshold: float | None = None,
+    device="cpu",
+    images: str | os.PathLike | None = None,
+    log=print,
+) -> dict:
+    """Score ``particles`` with ``model`` into ``out`` (see the module doc); returns the summary."""
+    from cryoflow.classify2d.data import read_particles
+    from cryoflow.io import StarTable, atomic_dir, open_stack, rebase_image_names, write_blocks, write_mrc, write_table
+    from cryoflow.picking.cryosparc import particles_cs, write_cs
+
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise CryoflowError(out, "output folder exists and is not empty; choose another --out (nothing was written)")
+    pm = ParticleModel.load(model)
+    if threshold is None:
+        threshold = pm.threshold
+    if not 0 <= threshold <= 1:
+        raise CryoflowError(None, f"--threshold must be within 0-1, got {threshold}")
+    t0 = time.perf_counter()
+    images = Path(images) if images else None
+    ps = read_particles(particles, images)
+    star = ps.table
+    table = star.table.copy()
+    n = len(table)
+    score = np.zeros(n)
+    keep = np.zeros(n, dtype=bool)
+    new_names = np.array([""] * n, dtype=object)
+    apix = ps.pixel_size * ps.box / (ps.stack_box or ps.box)
+    t_score = 0.0
+    with atomic_dir(out) as tmp:
+        (tmp / "Particles").mkdir()
+        used = set()
+        for f, path in enumerate(ps.files):
+            rows = np.flatnonzero(ps.file_index == f)
+            slices = ps.slice_index[rows]
+            order = np.argsort(slices, kind="stable")
+            rows, slices = rows[order], slices[order]
+            with open_stack(path, pixel_size=apix) as stack:
+                images = stack[slices]
+            t1 = time.perf_counter()
+            s = pm.scores(images, device)
+            t_score += time.perf_counter() - t1
+            score[rows] = s
+            k = s >= threshold
+            keep[rows] = k
+            if k.any():
+                name = path.stem
+                while name in used:
+                    name += "_"
+                used.add(name)
+                write_mrc(tmp / "Particles" / f"{name}.mrcs", images[k], apix, stack=True)
+                new_names[rows[k]] = [f"{i + 1:06d}@Particles/{name}.mrcs" for i in range(int(k.sum()))]
+        table["cfParticleScore"] = score.round(4)
+        clean = table.loc[keep].copy()
+        clean["rlnImageName"] = new_names[keep]
+        rejected = table.loc[~keep].copy()
+        rejected["rlnImageName"] = rebase_image_names(rejected["rlnImageName"], ps.path, images, out)
+        write_table(tmp / "particles_clean.star", StarTable(star.optics, clean.reset_index(drop=True), "particles"))
+        write_table(
+            tmp / "particles_rejected.star", StarTable(star.optics, rejected.reset_index(drop=True), "particles")
+        )
+        yields = micrograph_yield(table, keep, score)
+        write_blocks(tmp / "micrographs_yield.star", {"micrographs": yields})
+        shape_note = None
+        if len(clean) and {"rlnMicrographName", "rlnCoordinateX", "rlnCoordinateY"} <= set(clean.columns):
+            optics = star.optics
+            if "rlnMicrographOriginalPixelSize" not in optics:
+                optics = optics.assign(rlnMicrographOriginalPixelSize=optics.get("rlnImagePixelSize", apix))
+            if "rlnPhaseShift" not in clean:
+                clean["rlnPhaseShift"] = 0.0
+            shapes, shape_note = _micrograph_shapes(clean, ps.path)
+            write_cs(tmp / "particles_clean.cs", particles_cs(clean.reset_index(drop=True), optics, shapes))
+        seconds = time.perf_counter() - t0
+        summary = {
+            "particles_in": int(n),
+            "particles_kept": int(keep.sum()),
+            "threshold": float(threshold),
+            "model": str(model),
+            "model_figures": pm.meta,
+            "micrographs": int(len(yields)),
+            "median_good_per_micrograph": float(yields["cfGoodParticles"].median()) if len(yields) else 0.0,
+            "micrograph_sizes_for_cryosparc": shape_note,
+            "stage": {"micrographs": int((yields["cfGoodParticles"] > 0).sum()), "particles": int(keep.sum())},
+            "scoring_seconds": t_score,
+            "particles_per_second": float(n / t_score) if t_score > 0 else None,
+            "seconds": seconds,
+        }
+        from cryoflow.particles.report import write_score_report
+
+        write_score_report(tmp, table, keep, score, threshold, yields, ps, summary)
+    log(f"particles score: kept {int(keep.sum())} of {n} particles (threshold {threshold:.2f}) -> {out}")
+    return summary

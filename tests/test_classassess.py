@@ -1,0 +1,183 @@
+"""Class selection and the particle classifier against the simulator's truth, other programs' classes, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from cryoflow.errors import CryoflowError
+
+
+@pytest.fixture(scope="module")
+def classified(tmp_path_factory):
+    """1,500 picks (30% junk of every kind) of 7DDO and a globular particle, box 48, classified into 12 classes."""
+    from cryoflow.classify2d.run import Settings, run_classify2d
+    from cryoflow.simulate.stack import simulate_stack
+    from cryoflow.simulate.structures import procedural_species, reference_species
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    apix = 160 / 48
+    species = [reference_species(apix, box=48), procedural_species(110.0, apix, seed=21, shape="globular", box=48)]
+    root = tmp_path_factory.mktemp("ca")
+    stack = simulate_stack(
+        root / "extract",
+        n=1500,
+        box=48,
+        pixel_size=apix,
+        species=species,
+        views_per_species=3,
+        junk_fraction=0.3,
+        snr=(0.06, 0.12),
+        particles_per_micrograph=100,
+        seed=5,
+    )
+    c2d = root / "classify2d"
+    run_classify2d(stack.star, c2d, Settings(classes=12, iterations=12, full_passes=3, seed=0), log=lambda *a: None)
+    torch.set_num_threads(threads)
+    return root, stack, c2d
+
+
+@pytest.fixture(scope="module")
+def assessed(classified):
+    from cryoflow.classassess.run import run_classassess
+
+    root, _, c2d = classified
+    summary = run_classassess(c2d, root / "classassess", log=lambda *a: None)
+    return root / "classassess", summary
+
+
+def test_class_decisions_match_the_truth(classified, assessed):
+    from cryoflow.classassess.examples import class_truth
+    from cryoflow.classassess.inputs import read_classes
+
+    _, _, c2d = classified
+    out, summary = assessed
+    truth = class_truth(read_classes(c2d))
+    keep = np.array(summary["history"][-1]["keep"], bool)
+    big = truth["particles"].to_numpy() >= 20
+    accuracy = (keep[big] == truth["good"].to_numpy()[big]).mean()
+    assert accuracy >= 0.9, (accuracy, truth, keep)
+    # the kept particles are cleaner than the input
+    from cryoflow.io import read_table
+
+    kept = read_table(out / "particles_selected.star").table
+    rejected = read_table(out / "particles_rejected.star").table
+    assert len(kept) + len(rejected) == 1500
+    assert kept["cfIsJunk"].mean() < 0.15 < rejected["cfIsJunk"].mean()
+    assert summary["variant"] == "full" and "resolution" in summary["features_available"]
+    rows = json.loads((out / "summary.json").read_text())
+    assert rows["kept_classes"] == keep.sum()
+    # kept particle names resolve from the output folder (images for the particle classifier)
+    from cryoflow.classify2d.data import read_particles
+
+    assert len(read_particles(out / "particles_selected.star")) == len(kept)
+
+
+def test_particle_classifier_separates_junk(classified, assessed, tmp_path):
+    from sklearn.metrics import roc_auc_score
+
+    from cryoflow.io import open_stack, read_table
+    from cryoflow.particles.score import score_particles
+    from cryoflow.particles.train import train_particles
+
+    _, stack, _ = classified
+    out, _ = assessed
+    train_particles(
+        out / "particles_selected.star", out / "particles_rejected.star", tmp_path / "model", epochs=4, log=print
+    )
+    summary = score_particles(stack.star, tmp_path / "model", tmp_path / "clean", log=print)
+    clean = read_table(tmp_path / "clean" / "particles_clean.star").table
+    rejected = read_table(tmp_path / "clean" / "particles_rejected.star").table
+    every = np.concatenate([clean["cfParticleScore"], rejected["cfParticleScore"]])
+    good = np.concatenate([clean["cfIsJunk"], rejected["cfIsJunk"]]) == 0
+    auc = roc_auc_score(good, every)
+    assert auc >= 0.9, auc
+    assert clean["cfIsJunk"].mean() < 0.15
+    # the clean stack holds its own images, the yield table accounts for every particle
+    name = clean["rlnImageName"].iloc[0]
+    number, path = name.split("@")
+    with open_stack(tmp_path / "clean" / path) as s:
+        assert s.shape[-1] == 48 and int(number) <= len(s)
+    yields = read_table(tmp_path / "clean" / "micrographs_yield.star", "micrographs").table
+    assert yields["cfGoodParticles"].sum() == len(clean) == summary["particles_kept"]
+    assert (tmp_path / "clean" / "particles_clean.cs").is_file()
+
+
+def _as_relion(c2d, folder):
+    """The classify2d folder rewritten as a RELION 3.1 Class2D job (iteration 12)."""
+    import shutil
+
+    from cryoflow.io import read_blocks, read_table, write_blocks, write_table
+
+    folder.mkdir()
+    blocks = read_blocks(c2d / "model.star")
+    model = blocks["model_classes"].drop(columns=["cfParticleCount", "cfHalfSetResolution"])
+    model["rlnReferenceImage"] = [f"{k + 1:06d}@Class2D/job008/run_it012_classes.mrcs" for k in range(len(model))]
+    write_blocks(folder / "run_it012_model.star", {"model_general": blocks["model_general"], "model_classes": model})
+    shutil.copy(c2d / "classes.mrcs", folder / "run_it012_classes.mrcs")
+    star = read_table(c2d / "particles.star")
+    write_table(folder / "run_it012_data.star", star)
+    (folder / "run_it011_model.star").write_text("data_model_classes\nloop_\n_rlnReferenceImage #1\n")
+
+
+def test_relion_and_bare_stack_inputs(classified, assessed, tmp_path):
+    from cryoflow.classassess.inputs import read_classes
+    from cryoflow.classassess.run import run_classassess
+
+    _, _, c2d = classified
+    job = tmp_path / "job008"
+    _as_relion(c2d, job)
+    ours, relion = read_classes(c2d), read_classes(job)
+    assert relion.source == "relion" and relion.path.name == "run_it012_model.star"
+    for col in ("count", "resolution", "accuracy_rotation", "max_probability"):
+        np.testing.assert_allclose(relion.table[col], ours.table[col], rtol=1e-6)
+    s_relion = run_classassess(job, tmp_path / "ca_relion", log=lambda *a: None)
+    _, s_ours = assessed
+    assert s_relion["history"][-1]["keep"] == s_ours["history"][-1]["keep"]
+    s_stack = run_classassess(c2d / "classes.mrcs", tmp_path / "ca_stack", log=lambda *a: None)
+    assert s_stack["variant"] == "image" and s_stack["particles_kept"] is None
+    agree = np.mean(np.array(s_stack["history"][0]["keep"]) == np.array(s_ours["history"][0]["keep"]))
+    assert agree >= 0.75
+
+
+def test_overrides_floors_and_threshold(classified, tmp_path, cli):
+    from cryoflow.classassess.select import adaptive_threshold, select
+
+    _, _, c2d = classified
+    r = cli(
+        "classassess", "--classes", c2d, "--out", tmp_path / "a", "--keep", "1-2", "--reject", "3", "--min-score", "0.6"
+    )
+    assert r.code == 0, r.err
+    s = json.loads((tmp_path / "a" / "summary.json").read_text())
+    keep = s["history"][0]["keep"]
+    assert keep[0] == keep[1] == 1 and keep[2] == 0 and s["threshold"] == 0.6
+    # a floor keeps the best classes when nothing passes
+    sel = select(np.array([0.1, 0.3, 0.2]), np.array([100.0, 50, 50]), min_score=0.9)
+    assert sel.keep.tolist() == [False, True, False] and sel.notes
+    # the adaptive threshold sits in the gap of a bimodal distribution
+    p = np.r_[np.full(10, 0.05), np.full(10, 0.68), np.full(3, 0.3)]
+    t = adaptive_threshold(p, np.ones(len(p)))
+    assert 0.4 <= t <= 0.6
+
+
+def test_bad_input(classified, tmp_path, cli):
+    _, _, c2d = classified
+    r = cli("classassess", "--classes", tmp_path / "missing", "--out", tmp_path / "o")
+    assert r.code == 2 and "not found" in r.err and not (tmp_path / "o").exists()
+    (tmp_path / "empty").mkdir()
+    r = cli("classassess", "--classes", tmp_path / "empty", "--out", tmp_path / "o")
+    assert r.code == 2 and "no classes found" in r.err and not (tmp_path / "o").exists()
+    r = cli("classassess", "--classes", c2d, "--out", tmp_path / "o", "--keep", "99")
+    assert r.code == 2 and "outside 1..12" in r.err and not (tmp_path / "o").exists()
+    r = cli("classassess", "--classes", c2d, "--out", tmp_path / "o", "--keep", "2", "--reject", "2")
+    assert r.code == 2 and "both" in r.err
+    r = cli("particles", "score", "--particles", c2d / "particles.star", "--model", tmp_path, "--out", tmp_path / "o")
+    assert r.code == 2 and "particle model not found" in r.err and not (tmp_path / "o").exists()
+    with pytest.raises(CryoflowError, match="model file not found"):
+        from cryoflow.classassess.model import ClassScorer
+
+        ClassScorer.load(tmp_path / "nothing.pt")
