@@ -185,3 +185,30 @@ def test_bad_inputs(cli, run_dir, tmp_path):
     (out / "keep.txt").write_text("mine")
     r = cli("feedback", "--run", run_dir, "--out", out)
     assert r.code == 2 and (out / "keep.txt").read_text() == "mine"
+
+
+def test_particle_yield_reaches_the_squares(cli, run_dir, grid_plan, tmp_path):
+    """A particles step's micrographs_yield.star is read: good particles per micrograph per square."""
+    import shutil
+
+    from cryoflow.feedback.scores import read_scores
+    from cryoflow.io import write_blocks
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    scores, _ = read_scores(run)
+    good = {str(s.square_id): s.quality.name == "good" for s in grid_plan.squares}
+    # a yield that follows the truth: 50 good particles on good micrographs, 2 on bad ones
+    yields = pd.DataFrame(
+        {"rlnMicrographName": scores["name"], "cfGoodParticles": np.where(scores["reason"] == "good", 50, 2)}
+    )
+    write_blocks(run / "particles" / "micrographs_yield.star", {"micrographs": yields})
+    scores, sources = read_scores(run)
+    assert sources["good_particles"] == "particles/micrographs_yield.star"
+    assert scores["good_particles"].notna().all()
+    r = cli("feedback", "--run", run, "--out", tmp_path / "fb", "--budget", "1")
+    assert r.code == 0, r.err
+    doc = json.loads((tmp_path / "fb" / "feedback.json").read_text())
+    assert validate(doc) == []
+    per = {s["square"]: s["good_particles_per_micrograph"] for s in doc["squares"]}
+    assert min(per[s] for s, g in good.items() if g) > max(per[s] for s, g in good.items() if not g)

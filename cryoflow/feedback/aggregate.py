@@ -3,7 +3,8 @@
 ``quality`` is the per-micrograph score of :mod:`cryoflow.feedback.scores` (P(good));
 ``good`` counts micrographs micassess calls good; ``ctf_resolution_A`` (Å) and ``ice``
 (relative thickness) are medians; ``picks_per_micrograph`` is the mean number of picked
-particles (the particle yield until particle classifiers exist).
+particles, ``good_particles_per_micrograph`` the mean number the particle classifier kept
+(the yield; NaN without a ``particles`` step).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ def main_reason(reasons: pd.Series) -> str:
 
 
 def _summarise(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    if "good_particles" not in df:
+        df = df.assign(good_particles=np.nan)
     g = df.groupby(keys, sort=False)
     out = g.agg(
         x_um=("x_um", "mean"),
@@ -34,6 +37,7 @@ def _summarise(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
         ctf_resolution_A=("ctf_resolution_A", "median"),
         ice=("ice", "median"),
         picks_per_micrograph=("picks", "mean"),
+        good_particles_per_micrograph=("good_particles", "mean"),
     ).reset_index()
     out["good"] = out["good"].astype(int)
     out["main_reason"] = g["reason"].apply(main_reason).to_numpy()
@@ -64,6 +68,7 @@ def per_grid(mics: pd.DataFrame) -> dict:
     """Grid-wide figures (all grids together)."""
     n = len(mics)
     picks = mics["picks"].to_numpy(float)
+    good = mics["good_particles"].to_numpy(float) if "good_particles" in mics else np.full(n, np.nan)
     return {
         "micrographs": n,
         "good": int(mics["is_good"].sum()),
@@ -75,4 +80,5 @@ def per_grid(mics: pd.DataFrame) -> dict:
         if mics["ctf_resolution_A"].notna().any()
         else float("nan"),
         "picks_per_micrograph": float(np.nanmean(picks)) if np.isfinite(picks).any() else float("nan"),
+        "good_particles_per_micrograph": float(np.nanmean(good)) if np.isfinite(good).any() else float("nan"),
     }

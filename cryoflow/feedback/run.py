@@ -53,7 +53,7 @@ def _square_table(
             row[k] = int(stats[k]) if stats is not None else 0
         row["good_fraction"] = float(stats["good_fraction"]) if stats is not None else float("nan")
         row["quality"] = round(mu, 4)
-        for k in ("ctf_resolution_A", "ice", "picks_per_micrograph"):
+        for k in ("ctf_resolution_A", "ice", "picks_per_micrograph", "good_particles_per_micrograph"):
             row[k] = float(stats[k]) if stats is not None else float("nan")
         row["main_reason"] = stats["main_reason"] if stats is not None else ""
         row["holes_imaged"] = int(stats["holes_imaged"]) if stats is not None else 0

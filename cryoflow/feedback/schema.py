@@ -41,6 +41,7 @@ SQUARE = {
     "ctf_resolution_A": "median CTF fit resolution, Å",
     "ice": "median relative ice thickness",
     "picks_per_micrograph": "mean particles picked per micrograph",
+    "good_particles_per_micrograph": "mean particles kept by the particle classifier per micrograph (null without one)",
     "main_reason": "most common reason for bad micrographs, 'reason (k/n)'",
     "holes_imaged": "holes with at least one micrograph",
     "holes_remaining": "target holes not yet imaged",

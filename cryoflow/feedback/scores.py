@@ -7,13 +7,15 @@ Read from the steps' output files (the file contract in ARCHITECTURE.md):
   (cryoflowMicassessReason); the CTF columns they carry over too;
 - else ``RUN/ctf/micrographs_ctf.star`` (+ ``micrographs_ctf_failed.star``): no P(good); the
   quality then comes from the CTF fit alone (see :func:`ctf_quality`);
-- ``RUN/pick/summary.json`` ``picks_per_micrograph``: particles picked (the yield until
-  particle classifiers exist).
+- ``RUN/pick/summary.json`` ``picks_per_micrograph``: particles picked;
+- ``RUN/particles/micrographs_yield.star`` (``cryoflow particles score``): ``good_particles``,
+  the particles the particle classifier kept: the micrograph's yield in what matters
+  downstream.
 
 Columns of the returned table: ``key`` (see :func:`names.micrograph_key`), ``name``,
 ``p_good``, ``reason``, ``ctf_resolution_A`` (rlnCtfMaxResolution, Å; NaN without a fit),
 ``ice`` (cryoflowRelativeIceThickness, relative units, larger is thicker), ``picks``
-(NaN without a pick step) and ``quality`` (the score aggregated to holes and squares:
+(NaN without a pick step), ``good_particles`` (NaN without a particle classifier) and ``quality`` (the score aggregated to holes and squares:
 P(good) when micassess ran, else the CTF quality).
 """
 
@@ -100,8 +102,25 @@ def read_scores(run: str | Path) -> tuple[pd.DataFrame, dict]:
     if picks:
         out["picks"] = [picks.get(k, np.nan) for k in out["key"]]
         sources["picks"] = "pick/summary.json"
+    out["good_particles"] = np.nan
+    yields = _good_particles(run)
+    if yields:
+        out["good_particles"] = [yields.get(k, 0.0) for k in out["key"]]
+        sources["good_particles"] = "particles/micrographs_yield.star"
     out = out.drop_duplicates("key").reset_index(drop=True)
     return out, sources
+
+
+def _good_particles(run: Path) -> dict[str, float]:
+    """``{micrograph key: good particles}`` from ``RUN/particles/micrographs_yield.star`` (empty when absent)."""
+    path = run / "particles" / "micrographs_yield.star"
+    if not path.exists():
+        return {}
+    table = _read(path, ("rlnMicrographName", "cfGoodParticles"))
+    return {
+        micrograph_key(str(n)): float(v)
+        for n, v in zip(table["rlnMicrographName"], table["cfGoodParticles"], strict=True)
+    }
 
 
 def _picks(run: Path) -> dict[str, float]:
