@@ -123,10 +123,12 @@ class ClassScorer:
 
     def cnn_logit(self, images: np.ndarray, radius: float | np.ndarray, device="cpu", batch: int = 256) -> np.ndarray:
         """Logit of the CNN averaged over the 8 rotations/flips ``(K,)``."""
+        from cryoflow.device import single_thread
+
         self.cnn.eval().to(device)
         x = cnn_input(images, radius)
         out = []
-        with torch.no_grad():
+        with torch.no_grad(), single_thread(device):
             for s in range(0, len(x), batch):
                 xb = x[s : s + batch].to(device)
                 out.append(torch.stack([self.cnn(v) for v in symmetries(xb)]).mean(0).cpu())

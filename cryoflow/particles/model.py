@@ -51,16 +51,17 @@ def prepare(images: np.ndarray) -> torch.Tensor:
     """Particle images ``(n, B, B)`` -> CNN input ``(n, 1, SIZE, SIZE)`` (see the module doc)."""
     x = torch.as_tensor(images, dtype=torch.float32)
     b = x.shape[-1]
-    if b != SIZE:
+    if b > SIZE:  # Fourier crop on the half spectrum (3x cheaper than the full one)
+        h = SIZE // 2
+        f = torch.fft.rfft2(x)
+        f = torch.cat([f[:, :h, : h + 1], f[:, b - h :, : h + 1]], 1)
+        x = torch.fft.irfft2(f, s=(SIZE, SIZE))
+    elif b < SIZE:
         f = torch.fft.fftshift(torch.fft.fft2(x), dim=(-2, -1))
         c, h = b // 2, SIZE // 2
-        if b > SIZE:
-            f = f[:, c - h : c - h + SIZE, c - h : c - h + SIZE]
-        else:
-            pad = torch.zeros((x.shape[0], SIZE, SIZE), dtype=f.dtype)
-            pad[:, h - c : h - c + b, h - c : h - c + b] = f
-            f = pad
-        x = torch.fft.ifft2(torch.fft.ifftshift(f, dim=(-2, -1))).real
+        pad = torch.zeros((x.shape[0], SIZE, SIZE), dtype=f.dtype)
+        pad[:, h - c : h - c + b, h - c : h - c + b] = f
+        x = torch.fft.ifft2(torch.fft.ifftshift(pad, dim=(-2, -1))).real
     mean = x.mean((1, 2), keepdim=True)
     std = x.std((1, 2), keepdim=True).clamp_min(1e-6)
     return ((x - mean) / std).clamp(-5, 5).unsqueeze(1).contiguous()
@@ -76,16 +77,22 @@ class ParticleModel:
 
     def logits(self, x: torch.Tensor, device="cpu", batch: int = 512) -> np.ndarray:
         """Logits ``(n,)`` of prepared images (one pass: training saw every rotation)."""
+        from cryoflow.device import single_thread
+
         self.cnn.eval().to(device)
         out = []
-        with torch.no_grad():
+        with torch.no_grad(), single_thread(device):
             for s in range(0, len(x), batch):
                 out.append(self.cnn(x[s : s + batch].to(device)).cpu())
         return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
 
     def scores(self, images: np.ndarray, device="cpu") -> np.ndarray:
         """Probability ``(n,)`` that each image is a good particle."""
-        return 1 / (1 + np.exp(-self.logits(prepare(images), device).astype(float)))
+        from cryoflow.device import single_thread
+
+        with single_thread(device):
+            x = prepare(images)
+        return 1 / (1 + np.exp(-self.logits(x, device).astype(float)))
 
     def save(self, path: str | os.PathLike) -> Path:
         from cryoflow.io import atomic_path
