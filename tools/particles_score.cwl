@@ -5,7 +5,7 @@ id: cryoflow_particles_score
 label: "cryoflow particles score: the clean particle stack"
 doc: |
   Scores every particle of a STAR file with a trained particle classifier and writes the
-  clean stack (particles_clean.star with its own Particles/*.mrcs and particles_clean.cs for
+  clean stack (particles_clean.star with its own CleanParticles/*.mrcs and particles_clean.cs for
   cryoSPARC), particles_rejected.star, the good particles per micrograph
   (micrographs_yield.star), summary.json and report.html.
 $namespaces:
@@ -56,12 +56,12 @@ outputs:
   out_dir:
     type: Directory
     label: Clean stack folder
-    doc: particles_clean.star, Particles/*.mrcs, particles_clean.cs, particles_rejected.star, micrographs_yield.star, report.html, summary.json.
+    doc: particles_clean.star, CleanParticles/*.mrcs, particles_clean.cs, particles_rejected.star, micrographs_yield.star, report.html, summary.json.
     outputBinding: {glob: $(inputs.out_name)}
   particles_clean:
     type: File
     label: Clean particles (STAR)
-    doc: particles_clean.star, RELION 3.1, naming the images in the folder's Particles/*.mrcs.
+    doc: particles_clean.star, RELION 3.1, naming the images in the folder's CleanParticles/*.mrcs.
     outputBinding: {glob: $(inputs.out_name)/particles_clean.star}
   micrographs_yield:
     type: File

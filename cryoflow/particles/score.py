@@ -6,7 +6,7 @@ micrographs, or ``classassess``'s ``particles_selected.star``), scores every ima
 temporary folder, renamed when complete):
 
 - ``particles_clean.star``: the kept particles (input columns + ``cfParticleScore``), their
-  images copied into ``Particles/<stack>.mrcs`` (only the kept ones, so the stack is
+  images copied into ``CleanParticles/<stack>.mrcs`` (only the kept ones, so the stack is
   self-contained for RELION 3D or cryoSPARC); ``particles_clean.cs`` (cryoSPARC);
 - ``particles_rejected.star``: the others (their original images, names rebased);
 - ``micrographs_yield.star``: per micrograph the picks, the good particles, their share
@@ -27,6 +27,10 @@ import pandas as pd
 
 from cryoflow.errors import CryoflowError
 from cryoflow.particles.model import ParticleModel
+
+#: folder of the clean stacks; not extract's ``Particles``, so that a STAR name
+#: ``Particles/x.mrcs`` resolved by searching a run's sibling folders finds extract's stack
+STACKS = "CleanParticles"
 
 
 def micrograph_yield(table: pd.DataFrame, keep: np.ndarray, score: np.ndarray) -> pd.DataFrame:
@@ -101,7 +105,7 @@ def score_particles(
     apix = ps.pixel_size * ps.box / (ps.stack_box or ps.box)
     t_score = 0.0
     with atomic_dir(out) as tmp:
-        (tmp / "Particles").mkdir()
+        (tmp / STACKS).mkdir()
         used = set()
         for f, path in enumerate(ps.files):
             rows = np.flatnonzero(ps.file_index == f)
@@ -121,8 +125,8 @@ def score_particles(
                 while name in used:
                     name += "_"
                 used.add(name)
-                write_mrc(tmp / "Particles" / f"{name}.mrcs", images[k], apix, stack=True)
-                new_names[rows[k]] = [f"{i + 1:06d}@Particles/{name}.mrcs" for i in range(int(k.sum()))]
+                write_mrc(tmp / STACKS / f"{name}.mrcs", images[k], apix, stack=True)
+                new_names[rows[k]] = [f"{i + 1:06d}@{STACKS}/{name}.mrcs" for i in range(int(k.sum()))]
         table["cfParticleScore"] = score.round(4)
         clean = table.loc[keep].copy()
         clean["rlnImageName"] = new_names[keep]
