@@ -181,3 +181,19 @@ def test_bad_input(classified, tmp_path, cli):
         from cryoflow.classassess.model import ClassScorer
 
         ClassScorer.load(tmp_path / "nothing.pt")
+
+
+def test_two_rounds_reclassify_the_kept_particles(classified, assessed, tmp_path):
+    from cryoflow.classassess.run import run_classassess
+    from cryoflow.io import read_table
+
+    _, _, c2d = classified
+    _, first = assessed
+    summary = run_classassess(c2d, tmp_path / "r2", rounds=2, log=lambda *a: None)
+    assert summary["rounds"] == 2 and summary["final_classes_path"] == "rounds/round_2/classify2d"
+    h1, h2 = summary["history"]
+    assert h1["keep"] == first["history"][0]["keep"] and h2["particles"] == h1["kept_particles"]
+    kept = read_table(tmp_path / "r2" / "particles_selected.star").table
+    rejected = read_table(tmp_path / "r2" / "particles_rejected.star").table
+    assert len(kept) + len(rejected) == 1500 and len(kept) == summary["particles_kept"] <= h1["kept_particles"]
+    assert kept["cfIsJunk"].mean() <= 0.15
