@@ -15,7 +15,8 @@ from cryoflow.micassess.features import GROUP
 from cryoflow.micassess.train import figures, predict_examples
 from cryoflow.simulate.defects import DEFECTS
 
-# every reason of the simulator once, plus good ones (320 x 320 frames at 1.4-1.6 Å/px)
+# every reason of the simulator once per session, plus good ones (320 x 320 frames at 1.4-1.6 Å/px);
+# two sessions: other species, doses and detectors
 REASONS_SET = ["good"] * 4 + list(DEFECTS)
 
 
@@ -28,22 +29,61 @@ def model():
 def small_set():
     torch.set_num_threads(2)
     ranges = Ranges(shape=(320, 320), pixel_size=(1.4, 1.6), species_seed_offset=777)
-    return simulate_session(0, 4242, ranges, reasons=REASONS_SET)
+    return [e for s in (0, 1) for e in simulate_session(s, 4242, ranges, reasons=REASONS_SET)]
+
+
+def _calls(model, examples):
+    from cryoflow.micassess.features import REASONS
+
+    p, _, _ = predict_examples(model, examples)
+    groups = model.group_proba(p)
+    bad = groups.copy()
+    bad[:, 0] = -1
+    called = np.where(groups[:, 0] >= model.threshold, "good", np.array(REASONS)[bad.argmax(1)])
+    return p, called
 
 
 @pytest.mark.slow
 def test_accuracy_on_small_simulated_set(model, small_set):
-    p, _, _ = predict_examples(model, small_set)
+    """Good/bad accuracy and reasons on 30 micrographs (8 good, every defect twice) of
+    sessions never seen in training."""
+    p, called = _calls(model, small_set)
     truth = [e.reason for e in small_set]
     fig = figures(model, p, truth)
-    assert fig["good_bad_accuracy"] >= 0.85, fig
-    groups = model.group_proba(p)
-    from cryoflow.micassess.features import REASONS
-
-    called = np.where(groups[:, 0] >= model.threshold, "good", np.array(REASONS)[np.argmax(groups[:, 1:], 1) + 1])
+    misses = [f"{e.name} {e.reason} -> {c}" for e, c in zip(small_set, called, strict=True) if c != GROUP[e.reason]]
+    # shipped model (320 px frames, smaller than the training's 512): good/bad 0.967, reasons 0.933
+    assert fig["good_bad_accuracy"] >= 0.9, (fig, misses)
+    assert fig["reason_accuracy"] >= 0.85, (fig, misses)
+    assert fig["recall_per_reason"]["good"] == 1.0, (fig, misses)
+    # the defects with a strong signature are always called bad, for their own reason
     for e, c in zip(small_set, called, strict=True):
-        if e.reason in ("empty", "thick_ice", "contamination"):
-            assert c == GROUP[e.reason], f"{e.reason} called {c}"
+        if e.reason in ("empty", "thick_ice", "crystalline_ice", "contamination", "carbon", "crack", "aggregation"):
+            assert c == GROUP[e.reason], f"{e.name}: {e.reason} called {c}"
+
+
+def test_density_features_see_crowding_and_clumps():
+    """The density statistics on toy CNN images: noise alone occupies nothing, one clump is one
+    blob, particles spread over the field are many blobs, overlapping ones merge."""
+    from cryoflow.micassess.features import density_statistics
+
+    rng = np.random.default_rng(0)
+    h = w = 160
+    yy, xx = np.mgrid[:h, :w]
+    noise = rng.normal(0, 0.05, (h, w))
+
+    def image(centres, r=6.0):
+        img = noise.copy()
+        for cy, cx in centres:
+            img -= 0.5 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r**2))
+        return np.stack([img * 5, img]).astype(np.float16)
+
+    empty = density_statistics(image([]))
+    spread = density_statistics(image([(y, x) for y in range(30, 140, 36) for x in range(30, 140, 36)]))
+    clump = density_statistics(image([(80 + dy, 80 + dx) for dy in (-12, 0, 12) for dx in (-12, 0, 12)]))
+    crowded = density_statistics(image(rng.uniform(0, h, (120, 2))))
+    assert empty["occupied_fraction"] < 0.02 and empty["largest_blob_share"] == 0
+    assert clump["largest_blob_share"] > 0.9 and spread["largest_blob_share"] < 0.2
+    assert crowded["largest_blob_share"] > 0.5 and crowded["occupied_fraction"] > spread["occupied_fraction"]
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cryoflow.micassess.features import FEATURES, FINE, GROUP, feature_vector, inputs_from_image, tabular_ctf
+from cryoflow.micassess.features import (
+    DENSITY_FEATURES,
+    FEATURES,
+    FINE,
+    GROUP,
+    density_statistics,
+    feature_vector,
+    inputs_from_image,
+    tabular_ctf,
+)
 
 DEFECTS = tuple(r for r in FINE if r != "good")
 
@@ -259,12 +268,15 @@ FIRST_FEATURES = (
 
 def load_examples(path: str | os.PathLike) -> list[Example]:
     """Examples saved by :func:`save_examples`; features re-ordered to :data:`FEATURES` by name
-    (files without names hold :data:`FIRST_FEATURES`)."""
+    (files without names hold :data:`FIRST_FEATURES`); :data:`DENSITY_FEATURES` missing from
+    an older file are computed from its stored CNN image."""
     data = torch.load(path, weights_only=True)
     out = []
     for d in data:
         names = d.get("feature_names") or FIRST_FEATURES
         values = dict(zip(names, d["features"].numpy().tolist(), strict=True))
+        if any(n not in values for n in DENSITY_FEATURES):
+            values.update(density_statistics(d["cnn"].numpy()))
         features = np.array([values[n] for n in FEATURES], dtype=np.float64)
         out.append(Example(d["name"], d["reason"], features, d["cnn"].numpy(), d["spectrum"].numpy()))
     return out

@@ -1,6 +1,6 @@
 """What the micassess models see: CTF-step metrics, cheap image statistics, CNN inputs.
 
-Three inputs per micrograph, all computed by the same code for training and prediction:
+The inputs of each micrograph, all computed by the same code for training and prediction:
 
 - :func:`tabular_features`: a vector of :data:`FEATURES` from one row of
   ``micrographs_ctf.star`` / ``micrographs_ctf_failed.star`` (the CTF step's quality
@@ -11,6 +11,9 @@ Three inputs per micrograph, all computed by the same code for training and pred
   as tiles of :data:`TILE` px (2 channels: contrast ``I/mean - 1`` scaled, and the
   robustly standardized image; plus a mask of real pixels). Non-square frames give
   tiles over the whole frame, never a distorted resize.
+- :func:`density_statistics`: how particles fill the field (local particle-band energy,
+  its quantiles and connected blobs): crowding, aggregation, no particles. Computed from
+  the CNN image, so cached example sets can be brought up to date without re-simulating.
 - :func:`radial_spectrum`: the log power spectrum averaged in rings on a fixed frequency
   grid (:data:`SPECTRUM_K`, 1/Å) so one network reads any pixel size; bins beyond
   Nyquist are masked.
@@ -89,7 +92,15 @@ FEATURES = (
     "contrast_lowpass",
     "contrast_tiles",
     "log_particle_band",
+    "energy_spread",
+    "energy_tail",
+    "energy_cv",
+    "occupied_fraction",
+    "largest_blob_share",
 )
+# features computed from the CNN image alone (:func:`density_statistics`), so a cached
+# example set made before they existed gets them from its stored CNN image
+DENSITY_FEATURES = ("energy_spread", "energy_tail", "energy_cv", "occupied_fraction", "largest_blob_share")
 FEATURE_DOCS = {
     "ctf_fitted": "1 if the CTF step fitted Thon rings, 0 if it could not",
     "figure_of_merit": "rlnCtfFigureOfMerit",
@@ -109,6 +120,14 @@ FEATURE_DOCS = {
     "contrast_lowpass": "std/mean of the image low-passed to 60 Å: large-scale contrast (blobs, carbon, grains)",
     "contrast_tiles": "spread of the means of 8x8 tiles over their median",
     "log_particle_band": "ln of the power at 30-150 Å over the power at 8-12 Å: particle signal",
+    "energy_spread": "ln p90/p10 of the local particle-band energy (8 Å/px, DoG σ 4-32 Å, smoothed 16 Å): "
+    "low when the field is uniform (no particles, or crowded)",
+    "energy_tail": "ln p99/p50 of the local energy: a few strong objects (contamination, cracks, aggregates)",
+    "energy_cv": "ln of std/mean of the local energy smoothed to 48 Å: how unevenly particles fill the field",
+    "occupied_fraction": "fraction of the field whose local energy exceeds 3x its 10th percentile "
+    "(the background): particle coverage (crowding high, no particles 0)",
+    "largest_blob_share": "share of the occupied area in its largest connected blob: one clump holding "
+    "most particles (aggregation, crowding) vs many separate particles",
 }
 # features measured only when the CTF was fitted: their standardized values are set to 0
 # (no evidence either way) for micrographs without a fit, whose evidence is ctf_fitted
@@ -356,10 +375,53 @@ def inputs_from_image(image, pixel_size: float, device: torch.device | str = "cp
     mean = _mean(img)
     welch = welch_spectrum(img, pixel_size, mean)
     small = downsample(img, pixel_size)
+    cnn = cnn_image(small, mean)
     return {
-        "stats": image_statistics(small, mean, welch, pixel_size),
-        "cnn": cnn_image(small, mean),
+        "stats": {**image_statistics(small, mean, welch, pixel_size), **density_statistics(cnn)},
+        "cnn": cnn,
         "spectrum": radial_spectrum(*welch, pixel_size),
+    }
+
+
+def density_statistics(cnn: np.ndarray) -> dict[str, float]:
+    """Local particle-density statistics (:data:`DENSITY_FEATURES`) of a CNN image
+    ``(2, h, w)`` (channel 0: contrast x5 at :data:`CNN_PIXEL_SIZE`, see :func:`cnn_image`).
+
+    The contrast, binned to 8 Å/px, is band-passed (difference of Gaussians, σ 4 and 32 Å:
+    particle-sized structure, not ice gradients) and squared; this energy is smoothed
+    (σ 16 Å: ``local``; σ 48 Å: ``wide``) and a 48 Å margin dropped. Its quantiles, the
+    spread of ``wide``, and the connected blobs above 3x its 10th percentile (a background
+    level: the emptiest tenth of the field) describe how particles fill the field.
+    Separable filters at 8 Å/px (scipy.ndimage): a few ms for a 4096² frame.
+
+    Measured on simulated sessions (training seed 0, 60 sessions; ROC AUC against good):
+    ``occupied_fraction`` 0.96 for crowding and 1.0 (all zero) for no particles,
+    ``largest_blob_share`` 0.89 for aggregation (0.98 on the benchmark's held-out sessions).
+    Real particles stand out less from the noise than simulated ones, which lowers
+    ``energy_spread`` and ``occupied_fraction`` (see ``train.as_weak_particles``).
+    """
+    from scipy import ndimage
+
+    rel = np.asarray(cnn[0], dtype=np.float32) / 5.0
+    h, w = (rel.shape[0] // 2) * 2, (rel.shape[1] // 2) * 2
+    binned = rel[:h, :w].reshape(h // 2, 2, w // 2, 2).mean((1, 3))
+    band = ndimage.gaussian_filter(binned, 0.5, truncate=3.0) - ndimage.gaussian_filter(binned, 4.0, truncate=3.0)
+    energy = band**2
+    local = ndimage.gaussian_filter(energy, 2.0, truncate=3.0)
+    wide = ndimage.gaussian_filter(energy, 6.0, truncate=3.0)
+    m = 6
+    if min(local.shape) > 4 * m:
+        local, wide = local[m:-m, m:-m], wide[m:-m, m:-m]
+    p10, p50, p90, p99 = (max(float(v), 1e-12) for v in np.quantile(local, [0.1, 0.5, 0.9, 0.99]))
+    mask = local > 3.0 * p10
+    labels, n = ndimage.label(mask)
+    share = float(np.bincount(labels.ravel())[1:].max() / mask.sum()) if n else 0.0
+    return {
+        "energy_spread": float(np.clip(math.log(p90 / p10), 0, 10)),
+        "energy_tail": float(np.clip(math.log(p99 / p50), 0, 10)),
+        "energy_cv": float(np.clip(math.log(float(wide.std()) / max(float(wide.mean()), 1e-12) + 1e-6), -8, 3)),
+        "occupied_fraction": float(mask.mean()),
+        "largest_blob_share": share,
     }
 
 

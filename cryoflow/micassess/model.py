@@ -4,9 +4,9 @@
   standardized :data:`~cryoflow.micassess.features.FEATURES`. Stored as plain tensors
   (mean, scale, coefficients, intercepts), so prediction needs no pickled object and the
   contribution of every feature to every decision is exact: ``coef[c, f] * z_f``.
-- CNN (:class:`MicCNN`): tiles of the micrograph at 4 Å/px (2 channels + mask) and the
-  radial power spectrum on a fixed 1/Å grid; per micrograph the tiles' log-probabilities
-  are averaged.
+- CNN (:class:`MicCNN`): tiles of the micrograph at 4 Å/px (2 channels + mask) and,
+  optionally (off in the shipped model), the radial power spectrum on a fixed 1/Å grid;
+  per micrograph the tiles' log-probabilities are averaged.
 - Combination: ``softmax(a · log p_linear + b · log p_cnn + bias)``, with ``a``, ``b`` and
   the class biases fitted on held-out sessions by minimizing the log-loss (stacking and
   temperature scaling in one), so P(good) is calibrated.
@@ -28,13 +28,25 @@ from torch import nn
 from cryoflow.errors import CryoflowError
 from cryoflow.micassess.features import FEATURES, FINE, FITTED_ONLY, GROUP, REASONS, SPECTRUM_K, TILE
 
-FORMAT = "cryoflow-micassess-1"
+FORMAT = "cryoflow-micassess-2"  # 2: context blocks in the CNN, density features
 
 
 class MicCNN(nn.Module):
-    """Image tiles ``(N, 3, TILE, TILE)`` + spectra ``(N, 2, K)`` -> logits ``(N, C)``."""
+    """Image tiles ``(N, 3, TILE, TILE)`` + spectra ``(N, 2, K)`` -> logits ``(N, C)``.
 
-    def __init__(self, n_classes: int = len(FINE), width: int = 16):
+    ``image``: four stride-2 blocks (receptive field 33 px = 132 Å at 4 Å/px: particles,
+    edges, textures); ``context``: one more stride-2 block and a 3x3 convolution (receptive
+    field 129 px = 516 Å: clumps of particles, how the field is filled). Both are pooled
+    (masked mean and max), beside the spectrum branch's features when ``spectrum`` is on.
+
+    The shipped model has the spectrum branch off: on the real micrographs of
+    ../shared/data it read the real detectors' spectra (not white like the simulator's, and
+    at 3.4 Å/px, beyond the training pixel sizes) as astigmatism or drift and rejected both
+    Diamond micrographs, also with the spectrum's smooth trend removed; the spectrum's
+    evidence reaches the model through the CTF step's fitted metrics instead.
+    """
+
+    def __init__(self, n_classes: int = len(FINE), width: int = 16, spectrum: bool = False):
         super().__init__()
         w = width
 
@@ -44,25 +56,45 @@ class MicCNN(nn.Module):
             )
 
         self.image = nn.Sequential(block(3, w, 5), block(w, 2 * w), block(2 * w, 4 * w), block(4 * w, 4 * w))
-        self.spectrum = nn.Sequential(
-            nn.Conv1d(2, w, 5, padding=2),
-            nn.ReLU(),
-            nn.MaxPool1d(2),
-            nn.Conv1d(w, 2 * w, 5, padding=2),
-            nn.ReLU(),
-            nn.MaxPool1d(2),
-            nn.Flatten(),
-            nn.Linear(2 * w * (len(SPECTRUM_K) // 4), 4 * w),
+        self.context = nn.Sequential(
+            block(4 * w, 4 * w),
+            nn.Conv2d(4 * w, 4 * w, 3, padding=1, bias=False),
+            nn.BatchNorm2d(4 * w),
             nn.ReLU(),
         )
-        self.head = nn.Sequential(nn.Linear(12 * w, 64), nn.ReLU(), nn.Dropout(0.2), nn.Linear(64, n_classes))
+        self.spectrum = (
+            nn.Sequential(
+                nn.Conv1d(2, w, 5, padding=2),
+                nn.ReLU(),
+                nn.MaxPool1d(2),
+                nn.Conv1d(w, 2 * w, 5, padding=2),
+                nn.ReLU(),
+                nn.MaxPool1d(2),
+                nn.Flatten(),
+                nn.Linear(2 * w * (len(SPECTRUM_K) // 4), 4 * w),
+                nn.ReLU(),
+            )
+            if spectrum
+            else None
+        )
+        n_in = 16 * w + (4 * w if spectrum else 0)
+        self.head = nn.Sequential(nn.Linear(n_in, 64), nn.ReLU(), nn.Dropout(0.2), nn.Linear(64, n_classes))
 
-    def forward(self, tiles: torch.Tensor, spectra: torch.Tensor) -> torch.Tensor:
-        f = self.image(tiles)
+    @staticmethod
+    def _pool(f: torch.Tensor, tiles: torch.Tensor) -> torch.Tensor:
+        """Mean and max of feature maps ``f`` over the real pixels (mask channel of ``tiles``)."""
         mask = nn.functional.adaptive_max_pool2d(tiles[:, 2:3], f.shape[-2:])
         pooled_mean = (f * mask).sum((2, 3)) / mask.sum((2, 3)).clamp_min(1.0)
         pooled_max = (f * mask - 1e4 * (1 - mask)).amax((2, 3))
-        return self.head(torch.cat([pooled_mean, pooled_max, self.spectrum(spectra)], 1))
+        return torch.cat([pooled_mean, pooled_max], 1)
+
+    def forward(self, tiles: torch.Tensor, spectra: torch.Tensor) -> torch.Tensor:
+        f = self.image(tiles)
+        g = self.context(f)
+        parts = [self._pool(f, tiles), self._pool(g, tiles)]
+        if self.spectrum is not None:
+            parts.append(self.spectrum(spectra))
+        return self.head(torch.cat(parts, 1))
 
 
 def standardize(x: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> np.ndarray:
@@ -167,6 +199,7 @@ class MicAssessModel:
                 "intercept": t(self.linear.intercept),
             },
             "cnn": {k: v.detach().cpu() for k, v in self.cnn.state_dict().items()},
+            "cnn_spectrum": self.cnn.spectrum is not None,
             "stack": {"a": float(self.stack_a), "b": float(self.stack_b), "bias": t(self.stack_bias)},
             "threshold": float(self.threshold),
             "train_features": t(
@@ -203,7 +236,7 @@ class MicAssessModel:
         if list(s["features"]) != list(FEATURES):
             raise CryoflowError(path, "model was trained on another feature set; retrain it with this cryoflow version")
         a = lambda k: s["linear"][k].double().numpy()  # noqa: E731
-        cnn = MicCNN(len(s["classes"]))
+        cnn = MicCNN(len(s["classes"]), spectrum=bool(s.get("cnn_spectrum", True)))
         cnn.load_state_dict(s["cnn"])
         cnn.eval()
         return cls(

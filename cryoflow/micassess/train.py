@@ -46,6 +46,8 @@ class TrainSettings:
     val_fraction: float = 0.2
     user_weight: float = 3.0
     ctf_dropout: float = 0.3  # good micrographs also seen as CTF failures (weak rings), for the linear part
+    cnn_spectrum: bool = False  # the CNN also reads the radial spectrum (see MicCNN)
+    weak_particles: float = 1.0  # good micrographs also seen with fainter particles (extra noise), linear part
     max_steps: int | None = None  # stop the CNN after this many steps (smoke runs)
 
 
@@ -106,6 +108,42 @@ def as_ctf_failure(x: np.ndarray) -> np.ndarray:
     return out
 
 
+def as_weak_particles(examples: list[Example], rng: np.random.Generator) -> np.ndarray:
+    """Feature rows of ``examples`` with their :data:`DENSITY_FEATURES` measured after adding
+    white noise of 0.5-3x the image's robust spread to the CNN image: the simulator's
+    particles stand out more from the noise than real ones (on the real micrographs of
+    ../shared/data the density statistics look like a simulated good micrograph's with noise
+    of about 2x its spread), and faint particles alone must not mean "bad"."""
+    from cryoflow.micassess.features import DENSITY_FEATURES, density_statistics
+
+    cols = [FEATURES.index(n) for n in DENSITY_FEATURES]
+    out = np.stack([e.features for e in examples]) if examples else np.zeros((0, len(FEATURES)))
+    for row, e in zip(out, examples, strict=True):
+        cnn = e.cnn.astype(np.float32)
+        rel = cnn[0] / 5.0
+        spread = float(np.median(np.abs(rel - np.median(rel)))) * 1.4826
+        cnn[0] = np.clip((rel + rng.normal(0.0, rng.uniform(0.5, 3.0) * spread, rel.shape)) * 5.0, -5, 5)
+        stats = density_statistics(cnn)
+        row[cols] = [stats[n] for n in DENSITY_FEATURES]
+    return out
+
+
+def add_gradient(tile: np.ndarray, rng: np.random.Generator, max_contrast: float = 0.04) -> None:
+    """Add in place an illumination gradient to a training tile ``(3, TILE, TILE)``: a plane
+    in a random direction whose contrast ``I/mean - 1`` spans up to ±``max_contrast``
+    across the tile (real micrographs have such gradients and mottling, the simulator's
+    do not); channel 1 gets it on its own (robust-spread) scale."""
+    mask = tile[2] > 0
+    if mask.sum() < 16:
+        return
+    angle = rng.uniform(0, 2 * np.pi)
+    yy, xx = np.mgrid[:TILE, :TILE] / TILE - 0.5
+    plane = rng.uniform(0, max_contrast) * 2 * (yy * np.sin(angle) + xx * np.cos(angle))
+    scale = float(tile[1][mask].std() / max(tile[0][mask].std() / 5.0, 1e-6))
+    tile[0] = np.where(mask, np.clip(tile[0] + 5.0 * plane, -5, 5), 0)
+    tile[1] = np.where(mask, np.clip(tile[1] + scale * plane, -5, 5), 0)
+
+
 def _random_tile(cnn: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     _, h, w = cnn.shape
     y = int(rng.integers(0, h - TILE + 1)) if h > TILE else 0
@@ -118,6 +156,8 @@ def _random_tile(cnn: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     t = t.copy()
     t[0] = np.clip(t[0] * rng.uniform(0.7, 1.4) + rng.normal(0, rng.uniform(0, 0.4), t[0].shape) * mask[0], -5, 5)
     t[1] = np.clip(t[1] + rng.normal(0, rng.uniform(0, 0.4), t[1].shape) * mask[0], -5, 5)
+    if rng.random() < 0.5:
+        add_gradient(t, rng)
     return np.ascontiguousarray(np.rot90(t, int(rng.integers(4)), axes=(1, 2)))
 
 
@@ -132,7 +172,7 @@ def train_cnn(
     """Train the CNN on random tiles (class-balanced cross-entropy)."""
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
-    net = MicCNN(len(FINE))
+    net = MicCNN(len(FINE), spectrum=settings.cnn_spectrum if init is None else init.spectrum is not None)
     if init is not None:
         net.load_state_dict(init.state_dict())
     net.to(device).train()
@@ -295,6 +335,12 @@ def train(
         x_fit = np.concatenate([x, as_ctf_failure(x[pick])])
         y_fit = np.concatenate([y_lin, y_lin[pick]])
         w_fit = np.concatenate([w, w[pick]])
+    if settings.weak_particles > 0:
+        good = [i for i, e in enumerate(train_set) if e.reason == "good"]
+        pick = rng.choice(good, size=int(settings.weak_particles * len(good)), replace=False) if good else []
+        x_fit = np.concatenate([x_fit, as_weak_particles([train_set[i] for i in pick], rng)])
+        y_fit = np.concatenate([y_fit, y_train[pick]])
+        w_fit = np.concatenate([w_fit, w[len(x) - len(train_set) + np.asarray(pick, dtype=int)]])
     linear = fit_linear(x_fit, y_fit, w_fit, settings.c, settings.seed)
     log(f"  linear part fitted on {len(x)} micrographs")
 
@@ -429,7 +475,7 @@ def model_card(model: MicAssessModel, command: str) -> str:
     from dataclasses import asdict
 
     from cryoflow.micassess.bench import HELD_OUT
-    from cryoflow.micassess.features import FEATURE_DOCS
+    from cryoflow.micassess.features import DENSITY_FEATURES, FEATURE_DOCS
 
     m = model.meta
     v = m.get("validation", {})
@@ -450,7 +496,8 @@ def model_card(model: MicAssessModel, command: str) -> str:
         "- Per session: one pixel size, dose, detector (falcon4, k3, counting), voltage (300 kV, 20% 200 kV) and one or two "
         "species (PDB 7DDO or procedural globular/elongated/ring/multimer particles); per micrograph its own defocus, "
         "astigmatism, B-factor, ice thickness, particle density, junk fraction and, for about 55%, one simulator defect "
-        "(every one of: " + ", ".join(FINE[1:]) + ").",
+        "(every one of: " + ", ".join(FINE[1:]) + "; aggregation: 85% of the particles in aggregates of 6-16, "
+        "at least one in the field, see `cryoflow.simulate.defects`).",
         "- Ranges: "
         + ", ".join(f"{k} {val}" for k, val in ranges.items() if k not in ("balanced", "species_seed_offset")),
         "- Each micrograph went through `cryoflow.ctf.estimate` (tilt skipped) and the same feature code as prediction.",
@@ -460,12 +507,21 @@ def model_card(model: MicAssessModel, command: str) -> str:
         "## Model",
         "",
         f"- Linear part: scikit-learn LogisticRegression (multinomial, L2 C={m.get('settings', {}).get('c')}, class "
-        f"weights: good as heavy as all bad classes together, bad classes equal) on {len(FEATURES)} standardized features; {int(m.get('settings', {}).get('ctf_dropout', 0) * 100)}% "
-        "of the good micrographs added again as CTF failures.",
+        f"weights: good as heavy as all bad classes together, bad classes equal) on {len(FEATURES)} standardized features "
+        f"({len(DENSITY_FEATURES)} of them local particle-density statistics of the 4 Å/px image); {int(m.get('settings', {}).get('ctf_dropout', 0) * 100)}% "
+        f"of the good micrographs added again as CTF failures and {int(m.get('settings', {}).get('weak_particles', 0) * 100)}% "
+        "with fainter particles (noise added before the density statistics, `as_weak_particles`).",
         f"- CNN: {sum(p.numel() for p in model.cnn.parameters())} parameters; input tiles of 192 px at 4 Å/px (contrast, "
-        "standardized image, mask) and the radial power spectrum on a fixed 1/Å grid; "
-        f"{m.get('settings', {}).get('epochs')} epochs, AdamW, one-cycle learning rate {m.get('settings', {}).get('lr')}; "
-        "random tiles, flips, rotations, contrast and noise augmentation; aggregation and crowding weighted x2.",
+        "standardized image, mask) through four stride-2 blocks (receptive field 132 Å) and two context layers "
+        "(516 Å: clumps, how the field is filled)"
+        + (
+            ", and the radial power spectrum on a fixed 1/Å grid; "
+            if model.cnn.spectrum is not None
+            else " (no spectrum branch: see `MicCNN`); "
+        )
+        + f"{m.get('settings', {}).get('epochs')} epochs, AdamW, one-cycle learning rate {m.get('settings', {}).get('lr')}; "
+        "random tiles, flips, rotations, contrast, noise and illumination-gradient augmentation; aggregation and "
+        "crowding weighted x2.",
         f"- Combination: softmax(a log p_linear + b log p_cnn + bias), a = {model.stack_a:.3f}, b = {model.stack_b:.3f}; "
         f"threshold on P(good) {model.threshold}.",
         f"- Classes (fine): {', '.join(model.classes)}; reported reasons: {', '.join(REASONS)} "

@@ -18,7 +18,9 @@ carbon          the hole's carbon edge crosses the field: strong Thon rings, dar
 crack           one or two thin gaps in the ice: bright (vacuum) wavy lines
 drift           uncorrected drift: the signal blurred by a line kernel (anisotropic
                 Thon-ring damping along the drift direction)
-aggregation     most particles clumped into aggregates of 3-10
+aggregation     most particles (85%) clumped into aggregates of 6-16, larger than the
+                2-5-particle junk aggregates a good micrograph may hold; at least one
+                whole aggregate in the field, lying over and beside other particles
 crowding        particles covering the field, overlapping
 astigmatism     |DefocusU - DefocusV| of several thousand Å
 ============== =====================================================================
@@ -79,7 +81,8 @@ DEFECT_DEFAULTS: dict[str, dict] = {
     },
     "crack": {"n": (1, 2), "width_A": (15.0, 80.0)},
     "drift": {"length_A": (8.0, 25.0), "angle_deg": (0.0, 180.0)},  # residual blur of the sum
-    "aggregation": {"fraction": 0.8, "size": (3, 10)},
+    # aggregates larger than the junk aggregates (2-5) of good micrographs, so the label can be seen
+    "aggregation": {"fraction": 0.85, "size": (6, 16)},
     "crowding": {"coverage": (1.0, 1.6)},  # summed particle area / field area
     "astigmatism": {"astigmatism_A": (3000.0, 6000.0)},
 }
@@ -220,6 +223,11 @@ def plan_defect(spec, gen: torch.Generator) -> DefectPlan:
     elif name == "aggregation":
         d["fraction"] = float(params["fraction"])
         d["size"] = list(params["size"])
+        # at least one whole aggregate: enough particles for the largest one (an aggregated
+        # sample concentrates protein; a field of 3-8 particles otherwise drew none), and
+        # aggregates may overlap other particles in projection (they are 3D clumps in the ice)
+        plan.n_objects = max(plan.n_objects, math.ceil(d["size"][1] / d["fraction"]))
+        plan.overlap = True
     elif name == "crowding":
         d["coverage"] = float(_draw(params["coverage"], gen))
         plan.overlap = True
