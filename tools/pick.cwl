@@ -8,7 +8,8 @@ doc: |
   micrographs_good.star or the CTF step's micrographs_ctf.star): a CTF-aware centre-surround
   filter at the particle's size, scores in standard deviations of the noise, the diameter
   searched and the threshold chosen against a noise null unless given, contamination, carbon
-  and thick ice excluded. Writes RELION AutoPick coordinate files
+  and thick ice excluded; by default (picker auto/cnn) the candidates are then re-scored by a
+  small CNN trained positive-unlabelled on the fly on the dataset's confident picks. Writes RELION AutoPick coordinate files
   (coordinates/<micrograph>_autopick.star), coordinates.star indexing them (paths relative to
   the output folder, so pass the whole folder to extract), summary.json (every chosen
   parameter with its evidence) and report.html.
@@ -55,6 +56,24 @@ inputs:
     label: Template classes
     doc: Comma-separated 1-based classes of the templates stack to use (e.g. 1,4,7); default, all.
     inputBinding: {prefix: --template-classes}
+  picker:
+    type:
+      type: enum
+      symbols: [auto, blob, cnn]
+    default: auto
+    label: Picker
+    doc: "blob: the filter's (or templates') picks; cnn: those candidates re-scored by a small CNN trained positive-unlabelled on the fly on this dataset's confident picks (or on train_coordinates); auto (default): the one measured best, cnn."
+    inputBinding: {prefix: --picker}
+  train_coordinates:
+    type: File?
+    label: Training particles (STAR)
+    doc: A particles STAR (e.g. classassess's particles_selected.star, the particles of good 2D classes) whose particles are the CNN picker's positives instead of the confident picks.
+    inputBinding: {prefix: --train-coordinates}
+  seed:
+    type: int?
+    label: Seed
+    doc: Seed of the CNN picker's training (default 0); the same input and seed give the same picks.
+    inputBinding: {prefix: --seed}
   no_report:
     type: boolean
     default: false

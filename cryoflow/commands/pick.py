@@ -14,6 +14,12 @@ Examples::
     # the classic loop: blob picks -> 2D classes -> pick again with the good classes as templates
     cryoflow pick --micrographs run/micassess/micrographs_good.star --out run/pick_tm \
         --templates run/classify2d --template-classes 1,3,4
+    # the learned picker (the default, auto): a CNN trained on the fly on the blob picker's confident picks
+    cryoflow pick --micrographs run/micassess/micrographs_good.star --out run/pick_cnn --picker cnn --device cpu
+    # ... or on the particles of good 2D classes
+    cryoflow pick --micrographs run/micassess/micrographs_good.star --out run/pick_cnn2 --picker cnn \
+        --train-coordinates run/classassess/particles_selected.star
+    cryoflow pick --micrographs run/micassess/micrographs_good.star --out run/pick_blob --picker blob
     cryoflow extract --micrographs run/micassess/micrographs_good.star --coordinates run/pick --out run/extract
 """
 
@@ -45,6 +51,19 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--template-classes", metavar="N,N,...", help="1-based classes of --templates to use (default: all)"
     )
+    parser.add_argument(
+        "--picker",
+        choices=("auto", "blob", "cnn"),
+        default="auto",
+        help="blob: the filter's (or templates') picks; cnn: those candidates re-scored by a CNN trained "
+        "positive-unlabelled on this dataset's confident picks; auto (default): the one measured best (cnn)",
+    )
+    parser.add_argument(
+        "--train-coordinates",
+        metavar="STAR",
+        help="particles STAR (e.g. classassess's particles_selected.star) whose particles are the CNN's positives",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the CNN's training (default 0)")
     parser.add_argument("--no-report", action="store_true", help="skip report.html (summary.json is still written)")
     add_device_argument(parser)
 
@@ -73,10 +92,14 @@ def main(args: argparse.Namespace) -> int:
         report=not args.no_report,
         templates=args.templates,
         template_classes=classes,
+        picker=args.picker,
+        train_coordinates=args.train_coordinates,
+        seed=args.seed,
     )
     print(
         f"picked {summary['particles']} particles on {summary['micrographs']} micrographs "
-        f"(diameter {summary['diameter_A']:.0f} Å {summary['diameter_source']}, threshold {summary['threshold']:.1f} σ); "
+        f"(diameter {summary['diameter_A']:.0f} Å {summary['diameter_source']}, threshold {summary['threshold']:.1f} σ, "
+        f"picker {summary['picker_choice']['ran']}); "
         f"report: {args.out}/report.html"
     )
     return 0

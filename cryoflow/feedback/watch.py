@@ -405,6 +405,8 @@ class Watcher:
                     threshold=p.get("threshold"),
                     filter_diameter=p.get("filter_diameter_A"),
                     templates=p.get("template"),
+                    # the filter picker: the learned one trains on every batch (seconds per micrograph)
+                    picker="blob",
                     device=opt.device,
                     report=opt.pick_report,
                 ),

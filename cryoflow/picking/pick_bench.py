@@ -9,10 +9,15 @@ particles, ice chips, contaminants, aggregates) are counted apart. The CTF given
 picker is the simulator's (the CTF step's estimates are within 0.1% of it, see
 ``cryoflow bench ctf``). Speed is timed on full-size 4096² micrographs (0.83 Å/px).
 
+Each picker of ``--pickers`` (default ``cnn,blob``) is measured on the same micrographs and
+printed side by side: F1, precision, recall, junk and background shares (diameter searched
+and given), the diameter found, seconds per micrograph (CNN training included).
+
 Usage::
 
     cryoflow bench pick                      # 4 species x 6 micrographs of 1024², speed on 2 x 4096²
     cryoflow bench pick --n 10 --json pick_bench.json
+    cryoflow bench pick --n 6 --speed-n 2 --pickers cnn,blob
     cryoflow bench pick --n 4 --speed-n 0 --topaz /tmp/topaz-venv/bin/python
 
 ``--topaz PYTHON`` also runs Topaz's pretrained picker (``--topaz-model``, default resnet16) on the
@@ -275,6 +280,20 @@ def _dataset(folder: Path, species: dict, seed: int, n: int, shape, pixel_size: 
     return folder
 
 
+def _print_row(label: str, true_d: float, picker: str, r: dict) -> None:
+    """One line per species and picker: diameter found, F1 (searched and given), junk, background, speed."""
+    s, g = r["searched"], r["given"]
+    print(
+        f"{label:24s} {picker:4s} true {true_d:5.0f} Å  searched {s['diameter_A']:5.0f} Å "
+        f"({100 * r['diameter_error']:+.0f}%)  F1 searched {s['f1']:.3f} (P {s['precision']:.3f} R {s['recall']:.3f}) "
+        f"junk {100 * s['junk_share']:.1f}% background {100 * s['background_share']:.1f}% | given F1 {g['f1']:.3f} "
+        f"(P {g['precision']:.3f} R {g['recall']:.3f}) junk {100 * g['junk_share']:.1f}% "
+        f"{g['junk_picks_by_kind']} | {s['seconds_per_micrograph']:.2f} s/mic searched"
+        + (f" (training {s['cnn_training_seconds']:.1f} s)" if "cnn_training_seconds" in s else ""),
+        flush=True,
+    )
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="cryoflow bench pick", description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=6, help="micrographs per species")
@@ -294,7 +313,16 @@ def main(argv: list[str] | None = None) -> dict:
         default=TOPAZ_DIAMETER_PX,
         help="particle diameter Topaz sees after its downsampling (px; default %(default)s)",
     )
+    parser.add_argument(
+        "--pickers",
+        default="cnn,blob",
+        help="pickers to measure side by side, comma-separated from auto, blob, cnn (default %(default)s; "
+        "the first one's figures are the headline and the Topaz comparison's)",
+    )
     args = parser.parse_args(argv)
+    pickers = [p.strip() for p in args.pickers.split(",") if p.strip()]
+    if not pickers or not set(pickers) <= {"auto", "blob", "cnn"}:
+        parser.error(f"--pickers: a comma-separated list of auto, blob, cnn, not {args.pickers!r}")
 
     from cryoflow.picking.pick import run_pick
     from cryoflow.simulate import read_truth
@@ -314,28 +342,29 @@ def main(argv: list[str] | None = None) -> dict:
             _, parts = read_truth(data)
             true_d = float(parts.table.loc[parts.table["cfIsJunk"] == 0, "cfDiameter"].median())
             star = data / "truth" / "micrographs_truth.star"
-            row = {"species": label, "true_diameter_A": round(true_d, 1)}
-            for mode, given in (("searched", None), ("given", true_d)):
-                t0 = time.perf_counter()
-                summary = run_pick(star, tmp / f"pick{j}_{mode}", diameter=given, device="cpu", report=False)
-                seconds = time.perf_counter() - t0
-                margin = search.EDGE_MARGIN * summary["diameter_A"] / 1.5
-                row[mode] = score_picks(tmp / f"pick{j}_{mode}", data, margin)
-                row[mode]["diameter_A"] = summary["diameter_A"]
-                row[mode]["threshold"] = summary["threshold"]
-                if summary.get("diameter_search"):
-                    row["diameter_search"] = summary["diameter_search"]
-                row[mode]["seconds_per_micrograph"] = round(seconds / args.n, 3)
-            row["diameter_error"] = round(row["searched"]["diameter_A"] / true_d - 1, 4)
+            row = {"species": label, "true_diameter_A": round(true_d, 1), "pickers": {}}
+            for picker in pickers:
+                figures = row["pickers"][picker] = {}
+                for mode, given in (("searched", None), ("given", true_d)):
+                    folder = tmp / f"pick{j}_{picker}_{mode}"
+                    t0 = time.perf_counter()
+                    summary = run_pick(star, folder, diameter=given, device="cpu", report=False, picker=picker)
+                    seconds = time.perf_counter() - t0
+                    margin = search.EDGE_MARGIN * summary["diameter_A"] / 1.5
+                    figures[mode] = score_picks(folder, data, margin)
+                    figures[mode]["diameter_A"] = summary["diameter_A"]
+                    figures[mode]["threshold"] = summary["threshold"]
+                    figures[mode]["picker_ran"] = summary["picker_choice"]["ran"]
+                    if summary.get("cnn"):
+                        figures[mode]["cnn_training_seconds"] = summary["cnn"]["seconds"]
+                    if summary.get("diameter_search"):
+                        row["diameter_search"] = summary["diameter_search"]
+                    figures[mode]["seconds_per_micrograph"] = round(seconds / args.n, 3)
+                figures["diameter_error"] = round(figures["searched"]["diameter_A"] / true_d - 1, 4)
+                _print_row(label if picker == pickers[0] else "", true_d, picker, figures)
+            # the headline figures (and the Topaz comparison): the first picker's
+            row.update(row["pickers"][pickers[0]])
             results["accuracy"].append(row)
-            print(
-                f"{label:24s} true {true_d:5.0f} Å  searched {row['searched']['diameter_A']:5.0f} Å "
-                f"({100 * row['diameter_error']:+.0f}%)  F1 searched {row['searched']['f1']:.3f} "
-                f"given {row['given']['f1']:.3f}  (P {row['given']['precision']:.3f} R {row['given']['recall']:.3f}) "
-                f"junk {100 * row['given']['junk_share']:.1f}% {row['given']['junk_picks_by_kind']}  "
-                f"background {100 * row['given']['background_share']:.1f}%",
-                flush=True,
-            )
             if args.topaz:
                 found = run_topaz(
                     topaz_python, data, tmp / f"topaz{j}", true_d, args.topaz_model, args.topaz_diameter_px
@@ -363,30 +392,42 @@ def main(argv: list[str] | None = None) -> dict:
                 particles=(250, 350),
             )
             star = data / "truth" / "micrographs_truth.star"
-            t0 = time.perf_counter()
-            fixed = run_pick(star, tmp / "speed_given", diameter=150.0, device="cpu", report=False)
-            t_given = (time.perf_counter() - t0) / args.speed_n
-            t0 = time.perf_counter()
-            run_pick(star, tmp / "speed_searched", device="cpu", report=False)
-            t_search = (time.perf_counter() - t0) / args.speed_n
-            results["speed"] = {
-                "micrographs": args.speed_n,
-                "seconds_per_micrograph_given_diameter": round(t_given, 3),
-                "seconds_per_micrograph_with_search": round(t_search, 3),
-                "picking_only_median": fixed["seconds"]["per_micrograph_median"],
-            }
-            print(
-                f"speed 4096² @ 0.83 Å/px: {t_given:.2f} s per micrograph (diameter given, incl. reading and writing), "
-                f"{t_search:.2f} s with the diameter search over {args.speed_n} micrographs; "
-                f"picking alone median {fixed['seconds']['per_micrograph_median']:.2f} s"
-            )
+            results["speed"] = {}
+            for picker in pickers:
+                t0 = time.perf_counter()
+                fixed = run_pick(
+                    star, tmp / f"speed_given_{picker}", diameter=150.0, device="cpu", report=False, picker=picker
+                )
+                t_given = (time.perf_counter() - t0) / args.speed_n
+                t0 = time.perf_counter()
+                run_pick(star, tmp / f"speed_searched_{picker}", device="cpu", report=False, picker=picker)
+                t_search = (time.perf_counter() - t0) / args.speed_n
+                train = fixed["cnn"]["seconds"] if fixed.get("cnn") else 0.0
+                results["speed"][picker] = {
+                    "micrographs": args.speed_n,
+                    "seconds_per_micrograph_given_diameter": round(t_given, 3),
+                    "seconds_per_micrograph_with_search": round(t_search, 3),
+                    "picking_only_median": fixed["seconds"]["per_micrograph_median"],
+                    "cnn_training_seconds": train,
+                }
+                print(
+                    f"speed {picker:4s} 4096² @ 0.83 Å/px: {t_given:.2f} s per micrograph (diameter given, incl. "
+                    f"reading, writing and, for cnn, {train:.1f} s of training spread over {args.speed_n}), "
+                    f"{t_search:.2f} s with the diameter search; picking alone median "
+                    f"{fixed['seconds']['per_micrograph_median']:.2f} s",
+                    flush=True,
+                )
+    for picker in pickers:
+        rows = [r["pickers"][picker] for r in results["accuracy"]]
+        f1 = [r["searched"]["f1"] for r in rows]
+        junk = [r["searched"]["junk_share"] for r in rows]
+        derr = [abs(r["diameter_error"]) for r in rows]
+        print(
+            f"targets ({picker}, diameter searched): F1 >= 0.90 (mean {np.mean(f1):.3f}, min {np.min(f1):.3f}); "
+            f"picks on junk <= 2% (mean {100 * np.mean(junk):.1f}%, max {100 * np.max(junk):.1f}%); diameter within "
+            f"15% (max error {100 * np.max(derr):.0f}%)"
+        )
     f1 = [r["searched"]["f1"] for r in results["accuracy"]]
-    junk = [r["searched"]["junk_share"] for r in results["accuracy"]]
-    derr = [abs(r["diameter_error"]) for r in results["accuracy"]]
-    print(
-        f"targets: F1 >= 0.90 (mean searched {np.mean(f1):.3f}, min {np.min(f1):.3f}); picks on junk <= 2% "
-        f"(mean {100 * np.mean(junk):.1f}%); diameter within 15% (max error {100 * np.max(derr):.0f}%)"
-    )
     if args.topaz:
         rows = results["accuracy"]
         print(

@@ -41,6 +41,63 @@ def _overlay(ax, p, diameter: float) -> None:
     ax.set_title(f"{Path(p.name).name}: {int(p.kept.sum())} picks", fontsize=7)
 
 
+def _cnn_section(report, s: dict, picks: list) -> None:
+    """Training evidence of the learned picker: what it trained on, the loss curve, the logits."""
+    c = s["cnn"]
+    ran = s["picker_choice"]["ran"] == "cnn"
+    sec = report.section(
+        "Learned picker (CNN)",
+        "A small convolutional network was trained on this dataset alone, positive-unlabelled (as Topaz trains from "
+        "a user's picks, but with no user): the positives are "
+        + (
+            "the confident picks of the filter (scores inside the middle of the kept picks' range, away from the weak "
+            "and the excessively strong, where junk lies)"
+            if c["positive_source"] == "confident picks"
+            else c["positive_source"]
+        )
+        + "; the unlabelled set, every candidate peak and random locations, a known share of them particles (the "
+        "prior); known negatives are locations half a diameter off a positive (so one particle gets one pick), "
+        "peaks on contamination, carbon or holes and above the score ceiling, and synthetic broken particles "
+        "(positives with a part replaced by background). Every candidate is first moved to the centre of mass of "
+        "the density around it, then re-scored; "
+        "those whose logit is not an outlier below the filter's picks (median minus 3 robust standard deviations: "
+        f"{c['logit_threshold']}) are kept." + ("" if ran else f" It did not run here: {c['reason']}"),
+    )
+    sec.metric("Picks (filter alone)", c["blob_picks"], "", "What the filter's threshold and ceiling keep.")
+    sec.metric("Picks (CNN)", c["kept"], "", "Candidates the network keeps.")
+    sec.metric(
+        "Training patches",
+        f"{c['positives']} P / {c['unlabelled']} U / {c['negatives']} N",
+        "",
+        f"From {c['micrographs']} micrographs. Prior (share of particles in the unlabelled set): {c['prior']:.3f}.",
+    )
+    sec.metric("Training time", c["seconds"], "s", f"{c['steps']} steps of Adam; seed {c['seed']}.")
+    if not ran:
+        return
+    fig, ax = plt.subplots(figsize=(5, 3))
+    loss = np.asarray(c["loss"], dtype=float)
+    ax.plot(loss, lw=0.6, alpha=0.5, label="mini-batch")
+    if len(loss) >= 10:
+        ax.plot(np.convolve(loss, np.ones(10) / 10, mode="valid"), lw=1.5, label="running mean (10)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("nnPU loss")
+    ax.legend(fontsize=8)
+    sec.figure(fig, "Training loss (non-negative PU risk plus the negatives' logistic loss).", name="cnn_loss")
+    logits = [p.cnn_scores for p in picks if p.cnn_scores is not None]
+    if logits:
+        logits = np.concatenate(logits)
+        blob = np.concatenate([p.scores >= s["threshold"] for p in picks if p.cnn_scores is not None])
+        fig, ax = plt.subplots(figsize=(5, 3))
+        bins = np.linspace(np.percentile(logits, 0.5), np.percentile(logits, 99.5), 60)
+        ax.hist(logits[blob], bins=bins, alpha=0.7, label="above the filter's threshold")
+        ax.hist(logits[~blob], bins=bins, alpha=0.6, label="below it")
+        ax.axvline(c["logit_threshold"], color="C3", ls="--", label=f"kept from {c['logit_threshold']:.2f}")
+        ax.set_xlabel("CNN logit")
+        ax.set_ylabel("candidates")
+        ax.legend(fontsize=8)
+        sec.figure(fig, "The network's score of every candidate peak.", name="cnn_scores")
+
+
 def write_pick_report(out: Path, summary: dict, picks: list, evidence, choice) -> Path:
     """Write report.html, figures and summary.json into ``out``."""
     s = summary
@@ -129,6 +186,9 @@ def write_pick_report(out: Path, summary: dict, picks: list, evidence, choice) -
         "Regions whose intensity differs from the micrograph's by more than 8% (contamination, carbon and thick "
         "ice are darker, holes brighter), widened by a particle radius.",
     )
+
+    if s.get("cnn"):
+        _cnn_section(report, s, picks)
 
     if evidence is not None:
         sec = report.section(
