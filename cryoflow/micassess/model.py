@@ -210,12 +210,9 @@ class MicAssessModel:
         }
 
     def save(self, path: str | os.PathLike) -> Path:
-        from cryoflow.io import atomic_path
+        from cryoflow.models import save_state
 
-        path = Path(path)
-        with atomic_path(path) as tmp:
-            torch.save(self.state(), tmp)
-        return path
+        return save_state(path, self.state())
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None) -> MicAssessModel:
@@ -224,15 +221,10 @@ class MicAssessModel:
             from cryoflow.models import model_path
 
             path = model_path("micassess.pt")
+        from cryoflow.models import load_state
+
         path = Path(path)
-        if not path.is_file():
-            raise CryoflowError(path, "model file not found")
-        try:
-            s = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise CryoflowError(path, f"not a readable model file ({type(exc).__name__})") from None
-        if not isinstance(s, dict) or s.get("format") != FORMAT:
-            raise CryoflowError(path, f"not a micassess model (expected format {FORMAT})")
+        s = load_state(path, FORMAT, "micassess model")
         if list(s["features"]) != list(FEATURES):
             raise CryoflowError(path, "model was trained on another feature set; retrain it with this cryoflow version")
         a = lambda k: s["linear"][k].double().numpy()  # noqa: E731

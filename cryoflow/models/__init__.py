@@ -12,3 +12,34 @@ from pathlib import Path
 def model_path(name: str) -> Path:
     """Path of a shipped model file, e.g. ``model_path("micassess.pt")``."""
     return Path(str(resources.files(__name__).joinpath(name)))
+
+
+def save_state(path, state: dict) -> Path:
+    """Write a model's state (a dict of tensors, strings and numbers) atomically with ``torch.save``."""
+    import torch
+
+    from cryoflow.io import atomic_path
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+    return path
+
+
+def load_state(path, fmt: str, what: str, missing: str = "model file not found") -> dict:
+    """Read a model file written by :func:`save_state` (``weights_only=True``: no code runs)
+    and check its ``format`` is ``fmt``; a :class:`~cryoflow.errors.CryoflowError` otherwise."""
+    import torch
+
+    from cryoflow.errors import CryoflowError
+
+    path = Path(path)
+    if not path.is_file():
+        raise CryoflowError(path, missing)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CryoflowError(path, f"not a readable model file ({type(exc).__name__})") from None
+    if not isinstance(state, dict) or state.get("format") != fmt:
+        raise CryoflowError(path, f"not a {what} (expected format {fmt})")
+    return state

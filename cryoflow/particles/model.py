@@ -95,9 +95,8 @@ class ParticleModel:
         return 1 / (1 + np.exp(-self.logits(x, device).astype(float)))
 
     def save(self, path: str | os.PathLike) -> Path:
-        from cryoflow.io import atomic_path
+        from cryoflow.models import save_state
 
-        path = Path(path)
         state = {
             "format": FORMAT,
             "size": SIZE,
@@ -105,23 +104,20 @@ class ParticleModel:
             "threshold": float(self.threshold),
             "meta": self.meta,
         }
-        with atomic_path(path) as tmp:
-            torch.save(state, tmp)
-        return path
+        return save_state(path, state)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> ParticleModel:
         path = Path(path)
         if path.is_dir():
             path = path / "particle_model.pt"
-        if not path.is_file():
-            raise CryoflowError(path, "particle model not found (make one with 'cryoflow particles train')")
-        try:
-            s = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise CryoflowError(path, f"not a readable model file ({type(exc).__name__})") from None
-        if not isinstance(s, dict) or s.get("format") != FORMAT or s.get("size") != SIZE:
-            raise CryoflowError(path, f"not a particle model of this cryoflow version (expected {FORMAT}, {SIZE} px)")
+        from cryoflow.models import load_state
+
+        s = load_state(
+            path, FORMAT, "particle model", "particle model not found (make one with 'cryoflow particles train')"
+        )
+        if s.get("size") != SIZE:
+            raise CryoflowError(path, f"particle model for {s.get('size')} px images; this cryoflow uses {SIZE}")
         cnn = ParticleCNN()
         cnn.load_state_dict(s["cnn"])
         cnn.eval()
