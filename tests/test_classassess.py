@@ -197,3 +197,24 @@ def test_two_rounds_reclassify_the_kept_particles(classified, assessed, tmp_path
     rejected = read_table(tmp_path / "r2" / "particles_rejected.star").table
     assert len(kept) + len(rejected) == 1500 and len(kept) == summary["particles_kept"] <= h1["kept_particles"]
     assert kept["cfIsJunk"].mean() <= 0.15
+
+
+def test_training_smoke_run_learns_from_truth_and_decisions(classified, assessed, tmp_path, cli):
+    """`classassess train` on a simulated classification (truth labels) and a classassess output
+    (its decisions as labels); the model it writes loads and scores."""
+    from cryoflow.classassess.model import ClassScorer
+
+    _, _, c2d = classified
+    out, _ = assessed
+    model = tmp_path / "mine.pt"
+    card = tmp_path / "mine.md"
+    r = cli("classassess", "train", "--out", model, "--datasets", "0", "--labels", c2d, "--labels", out,
+            "--epochs", "2", "--card", card)  # fmt: skip
+    assert r.code == 0, r.err
+    scorer = ClassScorer.load(model)
+    assert set(scorer.variants) == {"full", "image"} and scorer.meta["datasets"] == 2
+    assert "Validation" in card.read_text()
+    r = cli("classassess", "--classes", c2d, "--out", tmp_path / "a", "--model", model)
+    assert r.code == 0, r.err
+    r = cli("classassess", "train", "--out", tmp_path / "x.pt", "--datasets", "0", "--labels", c2d)
+    assert r.code == 2 and "at least 2" in r.err

@@ -25,7 +25,7 @@ INTRO = (
 )
 
 
-def write_report(out: Path, cs, scores: dict, sel, rows, summary: dict) -> dict:
+def write_report(out: Path, cs, scores: dict, sel, evidence: list[str], summary: dict) -> dict:
     p = scores["p_good"]
     counts = cs.table["count"].to_numpy(float)
     has_counts = np.isfinite(counts).any()
@@ -118,7 +118,7 @@ def write_report(out: Path, cs, scores: dict, sel, rows, summary: dict) -> dict:
                 "particles": int(counts[k]) if np.isfinite(counts[k]) else "-",
                 "score": float(p[k]),
                 "decision": sel.decision[k],
-                "evidence": rows["cfEvidence"].iloc[k],
+                "evidence": evidence[k],
             }
             for k in np.argsort(p)
         ],

@@ -10,7 +10,7 @@ scores them with the shipped :class:`~cryoflow.classassess.model.ClassScorer` (o
   rlnClassNumber, rlnClassScore (calibrated probability that the class is good),
   cfSelected (1/0), cfDecision (kept, rejected, kept (floor), kept (user), rejected
   (user)), cfEvidence (the features that pushed the score down most, for rejections;
-  up most, for kept classes), the particle count and every feature;
+  up most, for kept classes: ``feature:+log-odds`` pairs, ``cnn`` for the CNN), the particle count and every feature;
 - ``classes_selected.mrcs``: the kept averages (templates for ``cryoflow pick --templates``);
 - ``particles_selected.star`` / ``particles_rejected.star``: the particles of kept / rejected
   classes (the input rows, same optics, plus rlnClassScore of their class), the labels the
@@ -51,20 +51,27 @@ def assess(cs: ClassSet, scorer: ClassScorer, device="cpu", **choice) -> tuple[d
     return scores, selection, feats
 
 
-def evidence(scores: dict, keep: np.ndarray, n: int = 3) -> list[str]:
-    """Per class, the features that pushed its score most towards its decision."""
+def evidence(scores: dict, keep: np.ndarray, n: int = 3) -> list[list[tuple[str, float]]]:
+    """Per class, the (feature, log-odds push) pairs that pushed its score most towards its
+    decision; ``cnn`` stands for the CNN's view of the average."""
     contrib = np.concatenate([scores["contributions"], scores["cnn_contribution"][:, None]], 1)
-    names = [EXPLAIN[f] for f in scores["features"]] + ["the CNN's view of the average"]
+    names = list(scores["features"]) + ["cnn"]
     out = []
     for i in range(len(keep)):
         c = contrib[i] if keep[i] else -contrib[i]
         top = np.argsort(-c)[:n]
-        out.append(
-            "; ".join(
-                f"{names[j]} ({'+' if contrib[i, j] > 0 else '-'}{abs(contrib[i, j]):.1f})" for j in top if c[j] > 0
-            )
-        )
+        out.append([(names[j], float(contrib[i, j])) for j in top if c[j] > 0])
     return out
+
+
+def evidence_text(pairs: list[tuple[str, float]], prose: bool = False) -> str:
+    """``contrast:+2.6,cnn:+1.6`` (STAR: no spaces, no quotes) or the report's sentence."""
+    if not pairs:
+        return "-"
+    if not prose:
+        return ",".join(f"{name}:{value:+.1f}" for name, value in pairs)
+    explain = {**EXPLAIN, "cnn": "the CNN's view of the average"}
+    return "; ".join(f"{explain[name]} ({value:+.1f})" for name, value in pairs)
 
 
 def _rebased(table: pd.DataFrame, star: Path, images: Path | None, folder: Path) -> pd.DataFrame:
@@ -92,7 +99,7 @@ def _reclassify(cs: ClassSet, keep_rows: np.ndarray, folder: Path, seed: int, de
     return read_classes(folder / "classify2d")
 
 
-def _class_rows(cs: ClassSet, scores: dict, sel: Selection, feats: np.ndarray, ev: list[str]) -> pd.DataFrame:
+def _class_rows(cs: ClassSet, scores: dict, sel: Selection, feats: np.ndarray, ev: list) -> pd.DataFrame:
     from cryoflow.classassess.features import FEATURES
 
     rows = pd.DataFrame(
@@ -102,7 +109,7 @@ def _class_rows(cs: ClassSet, scores: dict, sel: Selection, feats: np.ndarray, e
             "rlnClassScore": np.round(scores["p_good"], 4),
             "cfSelected": sel.keep.astype(int),
             "cfDecision": sel.decision,
-            "cfEvidence": [e or "-" for e in ev],
+            "cfEvidence": [evidence_text(e) for e in ev],
             "cfParticleCount": cs.table["count"].to_numpy(float),
         }
     )
@@ -240,5 +247,5 @@ def run_classassess(
         }
         from cryoflow.classassess.report import write_report
 
-        write_report(tmp, cs, scores, sel, rows, summary)
+        write_report(tmp, cs, scores, sel, [evidence_text(e, prose=True) for e in ev], summary)
     return summary

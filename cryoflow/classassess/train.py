@@ -17,7 +17,6 @@ weights and refits the linear parts on old + new examples.
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,39 +138,24 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 
 def fit_cnn(ex: Examples, epochs: int = 40, seed: int = 0, cnn: ClassCNN | None = None, log=print) -> ClassCNN:
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    cnn = cnn or ClassCNN()
+    """The CNN on class averages (starting from ``cnn``'s weights when given: fine-tuning)."""
+    from cryoflow.models.fit import fit_binary
+
     x = cnn_input(ex.images, ex.radius)
-    y = torch.from_numpy(ex.good.astype(np.float32))
-    pos = float(y.mean())
-    weight = torch.where(y > 0.5, 0.5 / max(pos, 1e-3), 0.5 / max(1 - pos, 1e-3))
-    opt = torch.optim.AdamW(cnn.parameters(), lr=2e-3, weight_decay=1e-3)
-    batch = 64
-    steps = epochs * max(1, (len(x) + batch - 1) // batch)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps)
-    t0 = time.perf_counter()
-    for epoch in range(epochs):
-        cnn.train()
-        order = torch.randperm(len(x), generator=gen)
-        total = 0.0
-        for s in range(0, len(x), batch):
-            idx = order[s : s + batch]
-            if len(idx) < 2:
-                continue
-            xb = _augment(x[idx], gen)
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(cnn(xb), y[idx], weight=weight[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.item() * len(idx)
-        if epoch % 10 == 9 or epoch == epochs - 1:
-            log(
-                f"classassess train: CNN epoch {epoch + 1}/{epochs}, loss {total / len(x):.3f}, {time.perf_counter() - t0:.0f} s"
-            )
-    cnn.eval()
-    return cnn
+    net, _ = fit_binary(
+        lambda: cnn or ClassCNN(),
+        x,
+        ex.good,
+        _augment,
+        epochs,
+        lr=2e-3,
+        batch=64,
+        seed=seed,
+        log=log,
+        every=10,
+        name="classassess train: CNN",
+    )
+    return net
 
 
 def fit_stack(lin: np.ndarray, cnn: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:

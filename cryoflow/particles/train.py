@@ -112,38 +112,21 @@ def split_by_micrograph(mics: np.ndarray, seed: int) -> np.ndarray:
 def fit(
     x: torch.Tensor, y: np.ndarray, epochs: int = 6, seed: int = 0, device="cpu", log=print
 ) -> tuple[ParticleCNN, list[float]]:
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    cnn = ParticleCNN().to(device)
-    yt = torch.from_numpy(y)
-    pos = float(yt.mean())
-    weight = torch.where(yt > 0.5, 0.5 / max(pos, 1e-3), 0.5 / max(1 - pos, 1e-3))
-    batch = 128
-    steps = epochs * max(1, (len(x) + batch - 1) // batch)
-    opt = torch.optim.AdamW(cnn.parameters(), lr=3e-3, weight_decay=1e-3)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps)
-    losses = []
-    t0 = time.perf_counter()
-    for epoch in range(epochs):
-        cnn.train()
-        order = torch.randperm(len(x), generator=gen)
-        total = 0.0
-        for s in range(0, len(x), batch):
-            idx = order[s : s + batch]
-            if len(idx) < 2:
-                continue
-            xb = _augment(x[idx], gen).to(device)
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(
-                cnn(xb), yt[idx].to(device), weight=weight[idx].to(device)
-            )
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.item() * len(idx)
-        losses.append(total / len(x))
-        log(f"particles train: epoch {epoch + 1}/{epochs}, loss {losses[-1]:.3f}, {time.perf_counter() - t0:.0f} s")
-    cnn.eval()
+    from cryoflow.models.fit import fit_binary
+
+    cnn, losses = fit_binary(
+        ParticleCNN,
+        x,
+        y,
+        _augment,
+        epochs,
+        lr=3e-3,
+        batch=128,
+        seed=seed,
+        device=device,
+        log=log,
+        name="particles train",
+    )
     return cnn.cpu(), losses
 
 
