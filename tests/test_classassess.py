@@ -105,6 +105,21 @@ def test_particle_classifier_separates_junk(classified, assessed, tmp_path):
     yields = read_table(tmp_path / "clean" / "micrographs_yield.star", "micrographs").table
     assert yields["cfGoodParticles"].sum() == len(clean) == summary["particles_kept"]
     assert (tmp_path / "clean" / "particles_clean.cs").is_file()
+    # the default clean path: kept classes cleaned, confident particles of rejected classes taken back
+    both = score_particles(
+        out / "particles_selected.star",
+        tmp_path / "model",
+        tmp_path / "rescue",
+        rescue=out / "particles_rejected.star",
+        log=print,
+    )
+    n_sel = len(read_table(out / "particles_selected.star").table)
+    n_rej = len(read_table(out / "particles_rejected.star").table)
+    assert both["particles_in"] == n_sel + n_rej and 0 <= both["rescued"] <= n_rej
+    clean = read_table(tmp_path / "rescue" / "particles_clean.star").table
+    assert len(clean) == both["particles_kept"] and clean["cfIsJunk"].mean() < 0.15
+    taken = clean["rlnClassNumber"].isin(read_table(out / "particles_rejected.star").table["rlnClassNumber"])
+    assert taken.sum() == both["rescued"]
 
 
 def _as_relion(c2d, folder):

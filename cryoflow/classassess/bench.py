@@ -12,8 +12,9 @@ box 72, pixel size 2-3 Å, 30% junk of every kind) are simulated and classified 
    classifier never trained on; scoring speed (particles/s, network time);
 3. the clean stack: precision (share of true particles) and recall (of the true particles
    that were picked) of (a) the particles of kept classes, (b) those that the particle
-   classifier also keeps (``particles score`` on ``particles_selected.star``: the default
-   path), (c) all picks the particle classifier keeps (no class selection: new data).
+   classifier also keeps, plus the particles of rejected classes that it is confident about
+   (``particles score --particles particles_selected.star --rejected particles_rejected.star``:
+   the default path), (c) all picks the particle classifier keeps (no class selection: new data).
 
 Targets (issue 9): class accuracy >= 0.95; clean stack precision >= 0.97 with recall >= 0.85;
 particle AUC >= 0.95; class scoring < 1 s per 100 classes; particle scoring >= 2,000/s.
@@ -101,7 +102,12 @@ def bench_dataset(folder: Path, work: Path, model: str | None, device: str, log)
     )
     pm = ParticleModel.load(work / "pmodel")
     s_sel = score_particles(
-        ca / "particles_selected.star", work / "pmodel", work / "clean", device=device, log=lambda *a: None
+        ca / "particles_selected.star",
+        work / "pmodel",
+        work / "clean",
+        device=device,
+        rescue=ca / "particles_rejected.star",
+        log=lambda *a: None,
     )
     clean = _truth_of(work / "clean" / "particles_clean.star")
     good_total = int((all_parts["cfIsJunk"].to_numpy(int) == 0).sum())

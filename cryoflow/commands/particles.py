@@ -28,8 +28,21 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("action", choices=["train", "score"], help="train a classifier, or score particles with one")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder (must not exist or be empty)")
     parser.add_argument("--selected", metavar="STAR", help="train: particles of kept classes (positives)")
-    parser.add_argument("--rejected", metavar="STAR", help="train: particles of rejected classes (negatives)")
-    parser.add_argument("--epochs", type=int, default=6, help="train: passes over the images")
+    parser.add_argument(
+        "--rejected",
+        metavar="STAR",
+        help="train: particles of rejected classes (negatives); score: also score these and take back "
+        "those the classifier is confident about (--rescue-threshold)",
+    )
+    parser.add_argument(
+        "--rescue-threshold",
+        type=float,
+        metavar="P",
+        help="score: minimum score to take back a particle of a rejected class (default 0.8)",
+    )
+    parser.add_argument(
+        "--epochs", type=int, help="train: passes over the images (default: enough for about 800 steps, at least 6)"
+    )
     parser.add_argument(
         "--max-particles", type=int, default=20000, help="train: at most this many images (half from each side)"
     )
@@ -70,5 +83,14 @@ def main(args: argparse.Namespace) -> int:
         raise CryoflowError(None, "particles score needs --particles and --model")
     from cryoflow.particles.score import score_particles
 
-    score_particles(args.particles, args.model, args.out, args.threshold, device=device, images=args.images)
+    score_particles(
+        args.particles,
+        args.model,
+        args.out,
+        args.threshold,
+        device=device,
+        images=args.images,
+        rescue=args.rejected,
+        rescue_threshold=args.rescue_threshold,
+    )
     return 0

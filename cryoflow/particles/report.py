@@ -78,7 +78,7 @@ def write_train_report(out: Path, model, y_val: np.ndarray, p_val: np.ndarray, x
     return summary
 
 
-def write_score_report(out: Path, table, keep, score, threshold, yields, ps, summary: dict) -> dict:
+def write_score_report(out: Path, table, keep, score, threshold, yields, read, summary: dict) -> dict:
     report = Report("Particle classifier: clean stack", step="particles", intro=INTRO_SCORE)
     ov = report.section("Overview", "The clean stack in numbers.")
     ov.metric("Particles scored", summary["particles_in"], "", "Every particle of the input STAR file.")
@@ -113,7 +113,7 @@ def write_score_report(out: Path, table, keep, score, threshold, yields, ps, sum
     for title, idx in (("Kept examples", kept), ("Rejected examples", rej)):
         if len(idx):
             pick = np.sort(rng.choice(idx, min(12, len(idx)), replace=False))
-            images = ps.read(pick)
+            images = read(pick)
             report.section(title, "Random particles (contrast-stretched).").gallery(
                 list(images), [f"score {score[i]:.2f}" for i in pick], name=title, size=96
             )
