@@ -21,7 +21,9 @@ from cryoflow.errors import CryoflowError
 COMMANDS = [
     "simulate",
     "info",
+    "split",
     "ctf",
+    "merge",
     "micassess",
     "pick",
     "extract",

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from ruamel.yaml import YAML
 
@@ -177,28 +178,93 @@ def test_pick_and_extract_tools_run(good_tiny, tmp_path):
 
 @pytest.mark.slow
 def test_screening_workflow_runs(good_tiny, tmp_path):
-    """workflows/screening.cwl (ctf, micassess, pick) on the tiny all-good micrographs."""
+    """workflows/screening.cwl on the tiny all-good micrographs: CTF in two batches (split.cwl,
+    ctf.cwl per batch, merge.cwl), micassess, pick, extract, quick 2D, class selection, feedback.cwl."""
     from cryoflow.commands.demo import job_inputs
 
     job = tmp_path / "job.json"
     inputs = job_inputs(ROOT / "workflows" / "screening.cwl", good_tiny)  # micrographs + optics
-    job.write_text(json.dumps({**inputs, "diameter": DIAMETER}))
+    job.write_text(json.dumps({**inputs, "diameter": DIAMETER, "batch_size": 2, "iterations": 4}))
     result = cwltool(
         "--no-container", "--outdir", str(tmp_path / "out"), str(ROOT / "workflows" / "screening.cwl"), str(job)
     )
     assert result.returncode == 0, result.stderr[-3000:]
     outputs = json.loads(result.stdout)
-    assert {Path(outputs[k]["path"]).name for k in ("ctf_dir", "micassess_dir", "pick_dir")} == {
-        "ctf",
-        "micassess",
-        "pick",
-    }
-    micassess = json.loads((Path(outputs["micassess_dir"]["path"]) / "summary.json").read_text())
-    pick_dir = Path(outputs["pick_dir"]["path"])
-    pick = json.loads((pick_dir / "summary.json").read_text())
-    assert micassess["good"] == pick["micrographs"] == 3  # the good micrographs went to picking
-    scores = pick_scores(pick_dir, good_tiny, DIAMETER)
+    folders = ("ctf", "micassess", "pick", "extract", "classify2d", "classassess", "feedback")
+    assert [Path(outputs[f"{k}_dir"]["path"]).name for k in folders] == list(folders)
+    out = {k: Path(outputs[f"{k}_dir"]["path"]) for k in folders}
+    summary = {k: json.loads((out[k] / "summary.json").read_text()) for k in folders}
+    # the CTF step ran as two batch jobs, merged into one folder over all three micrographs
+    assert [b["batch"] for b in summary["ctf"]["merged_from"]] == ["batch_001", "batch_002"]
+    assert summary["ctf"]["fitted"] == 3 and (out["ctf"] / "batches" / "batch_002" / "report.html").is_file()
+    assert summary["micassess"]["good"] == summary["pick"]["micrographs"] == 3  # the good ones went to picking
+    scores = pick_scores(out["pick"], good_tiny, DIAMETER)
     assert scores["f1"] >= 0.8, scores
+    # a quick 2D of the extracted particles, the good classes selected
+    assert summary["classify2d"]["stage"]["particles"] == summary["extract"]["stage"]["particles"] > 0
+    assert 0 < summary["classassess"]["particles_kept"] <= summary["classify2d"]["particles"]
+    # the feedback placed the three micrographs in their holes by their EPU names (the folder is
+    # not named simulate, so no simulated stage positions or lattice: the imaged holes are the targets)
+    feedback = json.loads(Path(outputs["feedback_json"]["path"]).read_text())
+    assert feedback["grid"]["micrographs"] == 3 and {"p_good", "picks", "names"} <= set(feedback["sources"])
+    assert summary["feedback"]["holes_imaged"] == 3 and summary["feedback"]["squares"] == 1
+
+
+def test_split_names_batches_by_folder(tmp_path):
+    """cryoflow split: batches in order, names <folder>/<path inside>, one optics group per pixel size."""
+    from cryoflow.batches import split_micrographs
+    from cryoflow.io import read_table, write_mrc
+
+    data = tmp_path / "Images-Disc1"
+    for i, apix in enumerate([1.0, 1.0, 1.5, 1.0, 1.5]):
+        write_mrc(data / f"GridSquare_1/Data/FoilHole_{i}_Data_1.mrc", np.zeros((8, 8), np.float32), apix)
+    s = split_micrographs(data, tmp_path / "batches", batch_size=2)
+    assert s["micrographs"] == 5 and s["batches"] == ["batch_001.star", "batch_002.star", "batch_003.star"]
+    tables = [read_table(tmp_path / "batches" / name) for name in s["batches"]]
+    names = [n for t in tables for n in t.table["rlnMicrographName"]]
+    assert names == [f"Images-Disc1/GridSquare_1/Data/FoilHole_{i}_Data_1.mrc" for i in range(5)]
+    assert [g for t in tables for g in t.table["rlnOpticsGroup"]] == [1, 1, 2, 1, 2]
+    for t in tables:  # every batch carries the whole set's optics groups
+        assert t.optics["rlnMicrographPixelSize"].tolist() == [1.0, 1.5]
+    # the name the next jobs stage the folder under (a runner may have staged it under another)
+    split_micrographs(data, tmp_path / "renamed", batch_size=5, folder_name="micrographs")
+    names = read_table(tmp_path / "renamed" / "batch_001.star").table["rlnMicrographName"]
+    assert names.str.startswith("micrographs/GridSquare_1/Data/").all()
+
+
+def test_split_and_merge_errors_are_one_line(tmp_path, cli):
+    result = cli("split", tmp_path, "--out", tmp_path / "b", "--batch-size", "0")
+    assert result.code == 2 and "--batch-size must be at least 1" in result.err
+    (tmp_path / "pick").mkdir()
+    result = cli("merge", tmp_path / "pick", "--out", tmp_path / "m")
+    assert result.code == 2 and "not a ctf step folder" in result.err and not (tmp_path / "m").exists()
+
+
+@pytest.mark.slow
+def test_merged_ctf_batches_equal_one_run(good_tiny, tmp_path, monkeypatch):
+    """ctf on two batches + cryoflow merge gives the table of one ctf run over the folder, the
+    dataset-relative ice thickness included (recomputed over all micrographs)."""
+    from cryoflow.batches import merge_step_folders, split_micrographs
+    from cryoflow.ctf import run_ctf
+    from cryoflow.io import read_table
+
+    run_ctf(good_tiny, tmp_path / "whole")
+    split_micrographs(good_tiny, tmp_path / "batches", batch_size=2)
+    monkeypatch.chdir(good_tiny.parent)  # where the folder lies under its own name
+    for name in ("batch_001", "batch_002"):
+        run_ctf(tmp_path / "batches" / f"{name}.star", tmp_path / "ctf_batches" / name)
+    summary = merge_step_folders(sorted((tmp_path / "ctf_batches").iterdir()), tmp_path / "merged")
+    whole = read_table(tmp_path / "whole" / "micrographs_ctf.star").table
+    merged = read_table(tmp_path / "merged" / "micrographs_ctf.star").table
+    assert [Path(n).name for n in merged["rlnMicrographName"]] == [Path(n).name for n in whole["rlnMicrographName"]]
+    assert merged["rlnMicrographName"].str.startswith(f"{good_tiny.name}/").all()
+    for column in whole.columns.drop(["rlnMicrographName", "cryoflowDiagnostic"]):
+        np.testing.assert_allclose(merged[column].to_numpy(float), whole[column].to_numpy(float), rtol=1e-6)
+    assert all((tmp_path / "merged" / d).is_file() for d in merged["cryoflowDiagnostic"])
+    whole_summary = json.loads((tmp_path / "whole" / "summary.json").read_text())
+    assert summary["micrographs"] == whole_summary["micrographs"] == 3
+    assert summary["median_defocus_um"] == pytest.approx(whole_summary["median_defocus_um"], rel=1e-6)
+    assert (tmp_path / "merged" / "report.html").is_file()
 
 
 @pytest.mark.slow
@@ -277,6 +343,7 @@ def step_type_errors(workflow) -> list[str]:
     errors = []
     for step in workflow.steps:
         tool_inputs = {_short(p.id): p for p in load_step(step).inputs}
+        scattered = {_short(s) for s in ([step.scatter] if isinstance(step.scatter, str) else step.scatter or [])}
         fed = set()
         for sink in step.in_:
             port = _short(sink.id)
@@ -288,6 +355,8 @@ def step_type_errors(workflow) -> list[str]:
             if not sink.source or sink.valueFrom:
                 continue
             src = _norm_type(type_for_source(workflow, "v1.0", sink.source))
+            if port in scattered:  # each job gets one item of the array
+                src = frozenset(x for t in src for x in (t[1] if isinstance(t, tuple) and t[0] == "array" else {t}))
             dst = _norm_type(tool_inputs[port].type_)
             if "Any" not in src | dst and not (src - {"null"}) <= dst:
                 errors.append(
@@ -345,17 +414,27 @@ def test_type_checks_catch_a_miswired_workflow(tmp_path):
 @pytest.mark.skipif(
     shutil.which("toil-cwl-runner", path=str(Path(sys.executable).parent)) is None, reason="toil[cwl] not installed"
 )
-def test_workflow_runs_under_toil(tmp_path):
+def test_preprocess_runs_under_toil(good_tiny, tmp_path):
+    """workflows/preprocess.cwl, the demo's workflow, under Toil (the scale-out runner) on the
+    tiny micrographs: the CTF scattered over two batches, every step down to the clean stack
+    and the feedback."""
+    from cryoflow.commands.demo import job_inputs
+
     toil = Path(sys.executable).parent / "toil-cwl-runner"
     env = dict(
         os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", CRYOFLOW_QUIET="1"
     )
+    job = tmp_path / "job.json"
+    inputs = job_inputs(ROOT / "workflows" / "preprocess.cwl", good_tiny)
+    job.write_text(json.dumps({**inputs, "diameter": DIAMETER, "batch_size": 2, "iterations": 4}))
     result = subprocess.run(
         [
             str(toil),
             "--no-container",
             "--batchSystem",
             "single_machine",
+            "--maxCores",
+            "2",
             "--jobStore",
             str(tmp_path / "jobstore"),
             "--workDir",
@@ -364,22 +443,29 @@ def test_workflow_runs_under_toil(tmp_path):
             str(tmp_path / "out"),
             "--logLevel",
             "WARNING",
-            str(ROOT / "workflows" / "simulate_inspect.cwl"),
-            str(ROOT / "workflows" / "simulate_inspect.job.yml"),
+            str(ROOT / "workflows" / "preprocess.cwl"),
+            str(job),
         ],
         capture_output=True,
         text=True,
         env=env,
         cwd=tmp_path,
-        timeout=600,
+        timeout=900,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     outputs = json.loads(result.stdout)
-    inventory = json.loads((Path(outputs["inventory"]["path"]) / "summary.json").read_text())
-    truth = json.loads((Path(outputs["dataset"]["path"]) / "summary.json").read_text())
-    assert inventory["micrographs"] == truth["n_micrographs"] > 0
-    ctf = Path(outputs["ctf_dir"]["path"])
-    assert (ctf / "micrographs_ctf.star").is_file() and (ctf / "summary.json").is_file()
+    ctf = json.loads((Path(outputs["ctf_dir"]["path"]) / "summary.json").read_text())
+    assert len(ctf["merged_from"]) == 2 and ctf["fitted"] == 3
+    clean = json.loads((Path(outputs["particles_dir"]["path"]) / "summary.json").read_text())
+    selected = json.loads((Path(outputs["classassess_dir"]["path"]) / "summary.json").read_text())
+    # every classified particle scored, or (one label side empty) the selected ones passed through
+    assert clean["particles_in"] == (
+        selected["particles_in"] if clean["rescued"] is not None else selected["particles_kept"]
+    )
+    assert 0 < clean["particles_kept"] <= clean["particles_in"]
+    assert Path(outputs["particles_clean"]["path"]).read_text().count("@CleanParticles/") == clean["particles_kept"]
+    feedback = json.loads(Path(outputs["feedback_json"]["path"]).read_text())
+    assert feedback["grid"]["micrographs"] == 3 and "good_particles" in feedback["sources"]
 
 
 # --- cryoflow run: the thin layer over cwltool ---------------------------------------------------

@@ -50,6 +50,25 @@ def test_step_timings_from_cwltool_log():
     assert steps["extract"] == {**steps["extract"], "seconds": 20, "status": "failed"}
 
 
+def test_scattered_step_timed_from_its_first_job():
+    """A scattered step logs a start per job: its time runs from the first to its completion."""
+    log = """\
+[2026-11-22 04:33:30] INFO [step ctf_batches] start
+[2026-11-22 04:33:30] INFO [job ctf_batches] Output of job will be cached in /c/1
+[2026-11-22 04:33:32] INFO [job ctf_batches] Max memory used: 300MiB
+[2026-11-22 04:33:32] INFO [step ctf_batches] start
+[2026-11-22 04:33:32] INFO [job ctf_batches_2] Output of job will be cached in /c/2
+[2026-11-22 04:33:35] INFO [job ctf_batches_2] Max memory used: 310MiB
+[2026-11-22 04:33:35] INFO [step ctf_batches] completed success
+[2026-11-22 04:33:35] INFO [step ctf] start
+[2026-11-22 04:33:36] INFO [step ctf] completed success
+"""
+    steps = parse_log(log.splitlines())
+    assert list(steps) == ["ctf_batches", "ctf"]
+    assert steps["ctf_batches"]["seconds"] == 5 and steps["ctf_batches"]["max_memory_mib"] == 310
+    assert steps["ctf_batches"]["status"] == "success" and steps["ctf"]["seconds"] == 1
+
+
 def test_stage_counts():
     assert stage_counts({"stage": {"micrographs": 12, "particles": 3400}, "good": 1}) == (12, 3400)
     assert stage_counts({"n_micrographs": 30, "n_particles": 900}) == (30, 900)
@@ -94,6 +113,28 @@ def test_index_lists_whatever_steps_exist(tmp_path):
     # the workflow's picture (docs/graphs/preprocess.png) is copied beside the index and shown
     assert (run / "pipeline.png").read_bytes() == (ROOT / "docs" / "graphs" / "preprocess.png").read_bytes()
     assert 'src="pipeline.png"' in html
+
+
+def test_index_folds_a_scattered_step_into_its_folder(tmp_path):
+    """ctf_split and ctf_batches (no report of their own) count in the row of ctf, the merged folder;
+    the particle classifier's two folders (one step name in their summaries) are told apart."""
+    run = tmp_path / "run"
+    fake_step(run, "ctf", {"micrographs": 30, "fitted": 29})
+    fake_step(run, "particles_model", {"step": "particles", "trained": True})
+    fake_step(run, "particles", {"stage": {"particles": 300}})
+    timings = {
+        "ctf_split": {"seconds": 5, "status": "success", "max_memory_mib": 200.0},
+        "ctf_batches": {"seconds": 100, "status": "success", "max_memory_mib": 500.0},
+        "ctf": {"seconds": 15, "status": "success", "max_memory_mib": 300.0},
+        "particles_model": {"seconds": 30, "status": "success"},
+        "particles": {"seconds": 12, "status": "success"},
+    }
+    (run / "run.json").write_text(json.dumps({"steps": timings}))
+    html = write_index(run).read_text()
+    assert "2 min 00 s (ctf_split 5 s, ctf_batches 1 min 40 s, ctf 15 s)" in html and "500 MiB" in html
+    assert "no report" not in html
+    assert html.index("particles_model/report.html") < html.index("particles/report.html")
+    assert "<td>particles_model</td>" in html and "<td>particles</td>" in html and ">30 s<" in html
 
 
 def test_index_without_run_record(tmp_path):
@@ -149,6 +190,20 @@ def test_demo_errors_are_one_line(tmp_path, cli, monkeypatch):
 # --- the demo through cwltool, and its index in Chromium ----------------------------------------
 
 
+# the step folders of workflows/preprocess.cwl, each with report.html and summary.json
+STEP_FOLDERS = (
+    "ctf",
+    "micassess",
+    "pick",
+    "extract",
+    "classify2d",
+    "classassess",
+    "particles_model",
+    "particles",
+    "feedback",
+)
+
+
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("demo") / "run"
@@ -182,17 +237,37 @@ def test_demo_runs_the_workflow_and_resumes(demo_run, capsys):
     classassess = json.loads((run / "classassess" / "summary.json").read_text())
     assert classassess["classes"] == classify2d["classes"] and classassess["particles_in"] == classify2d["particles"]
     assert 0 < classassess["stage"]["particles"] == classassess["particles_kept"] <= classify2d["particles"]
+    # the particle classifier learned from those decisions and scored every classified particle
+    # (taking back confident ones of rejected classes), or, with one side empty, passed the
+    # selected particles through, saying so; the clean stack has its own stacks and a .cs
+    model = json.loads((run / "particles_model" / "summary.json").read_text())
+    clean = json.loads((run / "particles" / "summary.json").read_text())
+    if model.get("trained", True):
+        assert clean["particles_in"] == classify2d["particles"] and clean["rescued"] is not None
+        assert 0 < clean["particles_kept"] <= clean["particles_in"]
+    else:
+        assert model["reason"] and clean["passed_through"] and clean["rescued"] is None
+        assert clean["particles_kept"] == clean["particles_in"] == classassess["particles_kept"]
+    clean_star = (run / "particles" / "particles_clean.star").read_text()
+    assert clean_star.count("@CleanParticles/") == clean["particles_kept"]
+    assert (run / "particles" / "particles_clean.cs").stat().st_size > 0
+    # the feedback read every step folder it knows, the simulated stage positions and lattice
+    feedback = json.loads((run / "feedback" / "feedback.json").read_text())
+    assert {"p_good", "picks", "good_particles", "simulated", "targets"} <= set(feedback["sources"])
+    assert feedback["grid"]["micrographs"] == truth["n_micrographs"]
     # one run folder, one sub-folder per step, the outputs listed where they now lie
     outputs = json.loads((run / "outputs.json").read_text())
     assert outputs["ctf_dir"] == "ctf" and outputs["micrographs_good"] == "micassess/micrographs_good.star"
     assert outputs["pick_dir"] == "pick" and outputs["extract_dir"] == "extract"
-    assert outputs["particles"] == "extract/particles.star"
+    assert outputs["particles_extracted"] == "extract/particles.star"
     assert outputs["classify2d_dir"] == "classify2d" and outputs["class_averages"] == "classify2d/classes.mrcs"
     assert outputs["particles_selected"] == "classassess/particles_selected.star"
-    for name in ("ctf", "micassess", "pick", "extract", "classify2d", "classassess"):
+    assert outputs["particles_clean"] == "particles/particles_clean.star"
+    assert outputs["feedback_json"] == "feedback/feedback.json"
+    for name in STEP_FOLDERS + ("ctf_split", "ctf_batches"):
         assert info["steps"][name]["status"] == "success" and info["steps"][name]["seconds"] > 0
     html = (run / "index.html").read_text()
-    for folder in ("simulate", "ctf", "micassess", "pick", "extract", "classify2d", "classassess"):
+    for folder in ("simulate",) + STEP_FOLDERS:
         assert f'href="{folder}/report.html"' in html
     assert f">{extract['stage']['particles']}<" in html  # particles leaving extract, from its "stage"
     assert (run / "pipeline.png").is_file()
@@ -241,18 +316,11 @@ def test_index_in_chromium(demo_run):
     assert code == 0, json.dumps(report, indent=2)
     pages = {Path(p["page"]).relative_to(demo_run).as_posix(): p for p in report["pages"]}
     # the index and every step report it links to were opened, each with its images
-    assert set(pages) == {
-        "index.html",
-        "simulate/report.html",
-        "ctf/report.html",
-        "micassess/report.html",
-        "pick/report.html",
-        "extract/report.html",
-        "classify2d/report.html",
-        "classassess/report.html",
-    }
+    assert set(pages) == {"index.html", "simulate/report.html"} | {f"{s}/report.html" for s in STEP_FOLDERS}
     assert pages["index.html"]["images"] == 1  # the pipeline graph
-    assert all(p["images"] > 0 for p in pages.values())
+    # every report shows its figures (a classifier that had nothing to learn from has none)
+    trained = json.loads((demo_run / "particles_model" / "summary.json").read_text()).get("trained", True)
+    assert all(p["images"] > 0 for name, p in pages.items() if trained or name != "particles_model/report.html")
 
 
 @pytest.mark.slow

@@ -8,9 +8,17 @@ doc: |
   quality metrics (fit resolution, figure of merit, ice ring, ring anisotropy from drift,
   dark/bright area fractions, specimen tilt). Writes micrographs_ctf.star (RELION 3.1+),
   micrographs_ctf_failed.star (no fit possible, with the reason), diagnostics and a report.
+  Takes a folder of micrographs, or a batch of them: a STAR file from `cryoflow split` (its
+  names are <folder name>/<path inside>) with the folder as images, which is staged in the
+  working directory under its own name so the names resolve; `cryoflow merge` joins the
+  batches' folders.
 $namespaces:
   sbg: https://www.sevenbridges.com/
   edam: http://edamontology.org/
+requirements:
+  InitialWorkDirRequirement:
+    listing:
+      - $(inputs.images)
 hints:
   DockerRequirement:
     dockerPull: cryoflow:cpu
@@ -22,10 +30,19 @@ arguments:
   - {prefix: --out, valueFrom: $(inputs.out_name)}
 inputs:
   micrographs:
-    type: Directory
+    type: Directory?
     label: Micrographs
-    doc: Folder of motion-corrected micrographs (MRC), searched recursively (EPU layout understood).
+    doc: Folder of motion-corrected micrographs (MRC), searched recursively (EPU layout understood). Give this, or batch and images.
     inputBinding: {position: 1}
+  batch:
+    type: File?
+    label: Micrograph batch (STAR)
+    doc: A micrographs STAR file of cryoflow split naming micrographs as <folder name>/<path inside> (the images folder's name).
+    inputBinding: {position: 1}
+  images:
+    type: Directory?
+    label: Micrograph folder (for batch)
+    doc: The folder of micrographs the batch names, staged in the working directory under its own name.
   pixel_size:
     type: float?
     label: Pixel size (Å)

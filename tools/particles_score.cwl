@@ -4,7 +4,8 @@ class: CommandLineTool
 id: cryoflow_particles_score
 label: "cryoflow particles score: the clean particle stack"
 doc: |
-  Scores every particle of a STAR file with a trained particle classifier and writes the
+  Scores every particle of a STAR file with a trained particle classifier (and, given
+  classassess's rejected particles, takes back those it is confident about) and writes the
   clean stack (particles_clean.star with its own CleanParticles/*.mrcs and particles_clean.cs for
   cryoSPARC), particles_rejected.star, the good particles per micrograph
   (micrographs_yield.star), summary.json and report.html.
@@ -31,6 +32,16 @@ inputs:
     label: Extract step folder
     doc: Folder holding the particle stacks that the STAR file names (the extract step's output).
     inputBinding: {prefix: --images}
+  rejected:
+    type: File?
+    label: Particles of rejected classes
+    doc: classassess's particles_rejected.star; scored too, and the particles the classifier is confident about (rescue_threshold) are taken back into the clean stack.
+    inputBinding: {prefix: --rejected}
+  rescue_threshold:
+    type: float?
+    label: Rescue threshold
+    doc: Minimum score to take back a particle of a rejected class (0-1); default 0.8.
+    inputBinding: {prefix: --rescue-threshold}
   model:
     type: File
     label: Particle model
@@ -63,6 +74,11 @@ outputs:
     label: Clean particles (STAR)
     doc: particles_clean.star, RELION 3.1, naming the images in the folder's CleanParticles/*.mrcs.
     outputBinding: {glob: $(inputs.out_name)/particles_clean.star}
+  particles_clean_cs:
+    type: File?
+    label: Clean particles (cryoSPARC .cs)
+    doc: particles_clean.cs, the clean particles as a cryoSPARC dataset (absent when no particle was kept or the STAR file has no coordinates).
+    outputBinding: {glob: $(inputs.out_name)/particles_clean.cs}
   micrographs_yield:
     type: File
     label: Yield per micrograph (STAR)

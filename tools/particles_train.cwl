@@ -37,10 +37,9 @@ inputs:
     doc: Folder holding the particle stacks that the STAR files name (the extract step's output).
     inputBinding: {prefix: --images}
   epochs:
-    type: int
-    default: 6
+    type: int?
     label: Epochs
-    doc: Passes over the training images.
+    doc: Passes over the training images; default, enough for about 800 optimizer steps (at least 6).
     inputBinding: {prefix: --epochs}
   device:
     type: string

@@ -4,15 +4,20 @@ class: Workflow
 id: cryoflow_screening
 label: "cryoflow grid screening"
 doc: |
-  The fast path for grid screening: is this grid worth a full collection? CTF estimation
-  with quality metrics, bad-micrograph detection with reasons, and particle picking on the
-  good micrographs (picks per micrograph, the particle size found). No extraction: screening
-  needs the counts and the reports, not the stacks. A quick 2D classification and the
-  feedback step (scores back to the acquisition program) are not part of it yet, because those
-  steps do not exist yet; they join here as they land (issue 7). Every step writes its folder
-  (report.html, summary.json) into the output directory; `cryoflow report` indexes them.
+  The fast path for grid screening: is this grid worth a full collection, and where on it?
+  CTF estimation with quality metrics (scattered over batches of micrographs, then merged),
+  bad-micrograph detection with reasons, particle picking on the good micrographs (picks per
+  micrograph, the particle size found), extraction and a quick 2D classification (few
+  iterations) with the good classes selected (what the particles look like, how many are
+  good), then the feedback to the acquisition program: squares to continue or skip and the
+  holes to take next. No particle classifier: screening needs the counts, the class averages
+  and the decisions, not the clean stack. Every step writes its folder (report.html,
+  summary.json) into the output directory; `cryoflow report` indexes them.
 $namespaces:
   sbg: https://www.sevenbridges.com/
+requirements:
+  ScatterFeatureRequirement: {}
+  StepInputExpressionRequirement: {}
 inputs:
   micrographs:
     type: Directory
@@ -44,24 +49,72 @@ inputs:
     label: Amplitude contrast
     sbg:x: 0
     sbg:y: 600
+  batch_size:
+    type: int
+    default: 10
+    label: Micrographs per CTF job
+    doc: Micrographs per batch of the CTF step (one job each, run in parallel where the runner can).
+    sbg:x: 300
+    sbg:y: 550
   diameter:
     type: float?
     label: Particle diameter (Å)
     doc: Particle diameter in Å when known (skips the diameter search); default, searched from the data.
-    sbg:x: 600
-    sbg:y: 500
+    sbg:x: 1500
+    sbg:y: 550
+  classes:
+    type: int?
+    label: Number of 2D classes
+    doc: Number of 2D classes; default, one class per ~400 particles (2 to 100).
+    sbg:x: 2100
+    sbg:y: 550
+  iterations:
+    type: int
+    default: 10
+    label: 2D iterations
+    doc: Iterations of the quick 2D classification (preprocess.cwl runs 25).
+    sbg:x: 2100
+    sbg:y: 700
+  budget:
+    type: float
+    default: 2.0
+    label: Time budget (h)
+    doc: Microscope time left for the session, hours (the feedback plans the holes to take within it).
+    sbg:x: 2700
+    sbg:y: 550
 steps:
-  ctf:
-    run: ../tools/ctf.cwl
-    label: CTF
+  ctf_split:
+    run: ../tools/split.cwl
+    label: Micrograph batches
     in:
       micrographs: micrographs
+      batch_size: batch_size
+    out: [batches]
+    sbg:x: 300
+    sbg:y: 300
+  ctf_batches:
+    run: ../tools/ctf.cwl
+    label: CTF (per batch)
+    scatter: batch
+    in:
+      batch: ctf_split/batches
+      images: micrographs
       pixel_size: pixel_size
       voltage: voltage
       cs: cs
       amplitude_contrast: amplitude_contrast
-    out: [out_dir, micrographs_ctf, summary]
-    sbg:x: 300
+      out_name: {valueFrom: $(inputs.batch.nameroot)}
+    out: [out_dir]
+    sbg:x: 600
+    sbg:y: 300
+  ctf:
+    run: ../tools/merge.cwl
+    label: CTF (merged)
+    in:
+      folders: ctf_batches/out_dir
+      out_name: {default: ctf}
+    out: [out_dir, summary]
+    sbg:x: 900
     sbg:y: 300
   micassess:
     run: ../tools/micassess.cwl
@@ -70,7 +123,7 @@ steps:
       ctf_dir: ctf/out_dir
       micrographs: micrographs
     out: [out_dir, micrographs_good, micrographs_rejected, summary]
-    sbg:x: 600
+    sbg:x: 1200
     sbg:y: 300
   pick:
     run: ../tools/pick.cwl
@@ -80,30 +133,107 @@ steps:
       images: micrographs
       diameter: diameter
     out: [out_dir, coordinates, report, summary]
-    sbg:x: 900
+    sbg:x: 1500
+    sbg:y: 300
+  extract:
+    run: ../tools/extract.cwl
+    label: Extraction
+    in:
+      micrographs: micassess/micrographs_good
+      coordinates: pick/out_dir
+      images: micrographs
+    out: [out_dir, particles, report, summary]
+    sbg:x: 1800
+    sbg:y: 300
+  classify2d:
+    run: ../tools/classify2d.cwl
+    label: Quick 2D classification
+    in:
+      particles: extract/out_dir
+      classes: classes
+      iterations: iterations
+    out: [out_dir, class_averages, report, summary]
+    sbg:x: 2100
+    sbg:y: 300
+  classassess:
+    run: ../tools/classassess.cwl
+    label: Class selection
+    in:
+      classes: classify2d/out_dir
+      particles: extract/out_dir
+    out: [out_dir, particles_selected, report, summary]
+    sbg:x: 2400
+    sbg:y: 300
+  feedback:
+    run: ../tools/feedback.cwl
+    label: Acquisition feedback
+    in:
+      micrographs: micrographs
+      ctf_dir: ctf/out_dir
+      micassess_dir: micassess/out_dir
+      pick_dir: pick/out_dir
+      budget: budget
+    out: [out_dir, feedback, plan, report, summary]
+    sbg:x: 2700
     sbg:y: 300
 outputs:
   ctf_dir:
     type: Directory
     label: CTF results
     outputSource: ctf/out_dir
-    sbg:x: 600
+    sbg:x: 1050
     sbg:y: 100
   micassess_dir:
     type: Directory
     label: Micrograph assessment
     outputSource: micassess/out_dir
-    sbg:x: 900
+    sbg:x: 1350
     sbg:y: 100
   pick_dir:
     type: Directory
     label: Picks
     outputSource: pick/out_dir
-    sbg:x: 1200
-    sbg:y: 200
+    sbg:x: 1650
+    sbg:y: 100
   coordinates:
     type: File
     label: Coordinates (STAR)
     outputSource: pick/coordinates
-    sbg:x: 1200
-    sbg:y: 400
+    sbg:x: 1650
+    sbg:y: -100
+  extract_dir:
+    type: Directory
+    label: Particle stacks
+    outputSource: extract/out_dir
+    sbg:x: 1950
+    sbg:y: 100
+  classify2d_dir:
+    type: Directory
+    label: 2D classes
+    outputSource: classify2d/out_dir
+    sbg:x: 2250
+    sbg:y: 100
+  class_averages:
+    type: File
+    label: Class averages (MRC stack)
+    outputSource: classify2d/class_averages
+    sbg:x: 2250
+    sbg:y: -100
+  classassess_dir:
+    type: Directory
+    label: Class selection
+    outputSource: classassess/out_dir
+    sbg:x: 2550
+    sbg:y: 100
+  feedback_dir:
+    type: Directory
+    label: Feedback
+    outputSource: feedback/out_dir
+    sbg:x: 2850
+    sbg:y: 100
+  feedback_json:
+    type: File
+    label: Feedback (JSON)
+    outputSource: feedback/feedback
+    sbg:x: 2850
+    sbg:y: -100

@@ -255,9 +255,15 @@ def _demo(args: argparse.Namespace, run: Path, workflow: Path, flags: list, extr
     log = run / "cwltool.log"
     say(f"cwltool {workflow.name} ({info['engine']}); log in {log}")
 
+    started_steps: set[str] = set()
+
     def echo(line: str) -> None:
         event = STEP_EVENT.search(ANSI.sub("", line))
         if event:
+            if event.group(2) == "start":  # a scattered step logs a start per job: said once
+                if event.group(1) in started_steps:
+                    return
+                started_steps.add(event.group(1))
             say(f"{event.group(1)}: {event.group(2)}")
 
     code = None

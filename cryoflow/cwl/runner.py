@@ -136,6 +136,8 @@ def parse_log(lines: Iterable[str]) -> dict[str, dict]:
                     steps[owner]["max_memory_mib"] = max(steps[owner].get("max_memory_mib") or 0, float(mem.group(1)))
             continue
         if message == "start":
+            if steps.get(name, {}).get("status") == "running":
+                continue  # a scattered step logs a start per job; its time runs from the first
             steps[name] = {"started": when, "seconds": None, "status": "running", "max_memory_mib": None}
         elif message.startswith("completed") and name in steps:
             step = steps[name]

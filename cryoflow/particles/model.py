@@ -75,6 +75,12 @@ class ParticleModel:
     threshold: float = 0.5
     meta: dict = field(default_factory=dict)
 
+    @property
+    def trained(self) -> bool:
+        """False for the pass-through model 'particles train' writes when one label side is
+        empty (nothing to learn from): scoring then keeps every particle, unscored."""
+        return bool(self.meta.get("trained", True))
+
     def logits(self, x: torch.Tensor, device="cpu", batch: int = 512) -> np.ndarray:
         """Logits ``(n,)`` of prepared images (one pass: training saw every rotation)."""
         from cryoflow.device import single_thread

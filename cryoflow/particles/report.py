@@ -78,12 +78,28 @@ def write_train_report(out: Path, model, y_val: np.ndarray, p_val: np.ndarray, x
     return summary
 
 
+def write_untrained_report(out: Path, summary: dict) -> dict:
+    """Report of a training that had nothing to learn from (one label side empty)."""
+    report = Report("Particle classifier: training", step="particles", intro=INTRO_TRAIN)
+    ov = report.section("Not trained", summary["reason"] + ".")
+    ov.metric("Particles of kept classes", summary["particles_kept_side"], "", "Positives available.")
+    ov.metric("Particles of rejected classes", summary["particles_rejected_side"], "", "Negatives available.")
+    ov.text(
+        "With every particle on one side there is no good/bad contrast to learn. The model file written "
+        "is a pass-through: 'cryoflow particles score' keeps every particle with it and says so."
+    )
+    report.write(out, summary)
+    return summary
+
+
 def write_score_report(out: Path, table, keep, score, threshold, yields, read, summary: dict) -> dict:
     report = Report("Particle classifier: clean stack", step="particles", intro=INTRO_SCORE)
     ov = report.section("Overview", "The clean stack in numbers.")
     ov.metric("Particles scored", summary["particles_in"], "", "Every particle of the input STAR file.")
     ov.metric("Kept particles", summary["particles_kept"], "", "Particles scoring at or above the threshold.")
     ov.metric("Threshold", threshold, "", "Minimum score to keep a particle (the model's own unless --threshold).")
+    if summary.get("passed_through"):
+        ov.text(f"Not scored: {summary['passed_through']}.")
     ov.metric(
         "Median good particles per micrograph",
         summary["median_good_per_micrograph"],
@@ -92,7 +108,7 @@ def write_score_report(out: Path, table, keep, score, threshold, yields, read, s
     )
     ov.metric("Scoring speed", summary["particles_per_second"] or float("nan"), "particles/s", "Network time only.")
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
-    axes[0].hist(score, bins=np.linspace(0, 1, 41), color="#58a")
+    axes[0].hist(score[np.isfinite(score)], bins=np.linspace(0, 1, 41), color="#58a")
     axes[0].axvline(threshold, color="k", ls="--", label=f"threshold {threshold:.2f}")
     axes[0].set_xlabel("particle score")
     axes[0].set_ylabel("particles")
@@ -115,7 +131,10 @@ def write_score_report(out: Path, table, keep, score, threshold, yields, read, s
             pick = np.sort(rng.choice(idx, min(12, len(idx)), replace=False))
             images = read(pick)
             report.section(title, "Random particles (contrast-stretched).").gallery(
-                list(images), [f"score {score[i]:.2f}" for i in pick], name=title, size=96
+                list(images),
+                [f"score {score[i]:.2f}" if np.isfinite(score[i]) else "not scored" for i in pick],
+                name=title,
+                size=96,
             )
     report.section("Micrographs", "Yield per micrograph, lowest first.").table(
         yields.sort_values("cfGoodParticles").head(50).to_dict("records")

@@ -97,10 +97,10 @@ def _score_set(ps, pm: ParticleModel, threshold: float, folder: Path, used: set,
         with open_stack(path, pixel_size=apix) as stack:
             images = stack[slices]
         t1 = time.perf_counter()
-        s = pm.scores(images, device)
+        s = pm.scores(images, device) if pm.trained else np.full(len(images), np.nan)
         seconds += time.perf_counter() - t1
         score[rows] = s
-        k = s >= threshold
+        k = s >= threshold if pm.trained else np.ones(len(images), dtype=bool)
         keep[rows] = k
         if k.any():
             name = path.stem
@@ -143,7 +143,7 @@ def score_particles(
     t0 = time.perf_counter()
     images = Path(images) if images else None
     sets = [(read_particles(particles, images), threshold)]
-    if rescue:
+    if rescue and pm.trained:  # a pass-through model cannot tell which rejected particles are good
         sets.append((read_particles(rescue, images), rescue_threshold))
     ps = sets[0][0]
     star = ps.table
@@ -160,7 +160,7 @@ def score_particles(
             t_score += seconds
         table = pd.concat([p[0] for p in parts], ignore_index=True)
         score, keep, new_names = (np.concatenate([p[i] for p in parts]) for i in (1, 2, 3))
-        rescued = int(parts[1][2].sum()) if rescue else None
+        rescued = int(parts[1][2].sum()) if len(parts) > 1 else None
         n = len(table)
         table["cfParticleScore"] = score.round(4)
         clean = table.loc[keep].copy()
@@ -191,6 +191,8 @@ def score_particles(
             "rescued": rescued,
             "model": str(model),
             "model_figures": pm.meta,
+            "model_trained": pm.trained,
+            "passed_through": None if pm.trained else f"every particle kept unscored: {pm.meta.get('reason')}",
             "micrographs": int(len(yields)),
             "median_good_per_micrograph": float(yields["cfGoodParticles"].median()) if len(yields) else 0.0,
             "micrograph_sizes_for_cryosparc": shape_note,
@@ -208,6 +210,6 @@ def score_particles(
             return np.concatenate([sets[w][0].read(rows[which == w] - starts[w]) for w in np.unique(which)])
 
         write_score_report(tmp, table, keep, score, threshold, yields, read, summary)
-    taken = f", {rescued} of them taken back from rejected classes" if rescue else ""
+    taken = f", {rescued} of them taken back from rejected classes" if rescued is not None else ""
     log(f"particles score: kept {int(keep.sum())} of {n} particles (threshold {threshold:.2f}{taken}) -> {out}")
     return summary

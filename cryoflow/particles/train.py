@@ -45,6 +45,48 @@ def default_epochs(n_images: int) -> int:
     return int(min(60, max(6, round(STEPS / per_epoch))))
 
 
+def label_counts(selected, rejected) -> dict[str, int]:
+    """Particles on each side of the labels, ``{"kept": n, "rejected": m}`` (STAR rows only)."""
+    from cryoflow.io import read_table
+
+    return {
+        side: len(read_table(Path(path), "particles").table)
+        for side, path in (("kept", selected), ("rejected", rejected))
+    }
+
+
+def _write_untrained(out: Path, selected, rejected, counts: dict[str, int], seconds: float, log) -> dict:
+    """One label side is empty (e.g. 2D classification kept every class): nothing to learn.
+
+    Writes a pass-through model (``meta["trained"] = False``; ``particles score`` keeps every
+    particle with it, unscored), summary.json with ``trained: false`` and the reason, and a
+    report saying so, so that a pipeline goes on with the selected particles unchanged.
+    """
+    from cryoflow.io import atomic_dir
+    from cryoflow.particles.report import write_untrained_report
+
+    empty = "rejected" if counts["rejected"] == 0 else "kept"
+    reason = (
+        f"no {empty} particles ({counts['kept']} kept, {counts['rejected']} rejected by the 2D class "
+        "selection): the classifier needs both to learn from; scoring passes every particle through"
+    )
+    model = ParticleModel(ParticleCNN(), threshold=0.0)
+    model.meta = {"trained": False, "reason": reason, "selected": str(selected), "rejected": str(rejected), **counts}
+    summary = {
+        "trained": False,
+        "reason": reason,
+        "particles_kept_side": counts["kept"],
+        "particles_rejected_side": counts["rejected"],
+        "stage": {"particles": counts["kept"] + counts["rejected"]},
+        "seconds": seconds,
+    }
+    with atomic_dir(out) as tmp:
+        model.save(tmp / "particle_model.pt")
+        write_untrained_report(tmp, summary)
+    log(f"particles train: not trained, {reason}")
+    return summary
+
+
 def load_labelled(selected, rejected, max_particles: int, seed: int, images: str | os.PathLike | None = None):
     """``(images (n, SIZE, SIZE) prepared, labels (n,), micrographs (n,))`` of a balanced sample."""
     from cryoflow.classify2d.data import read_particles
@@ -173,9 +215,10 @@ def train_particles(
     if (epochs is not None and epochs < 1) or max_particles < 100:
         raise CryoflowError(None, f"need --epochs >= 1 and --max-particles >= 100 (got {epochs}, {max_particles})")
     t0 = time.perf_counter()
+    counts = label_counts(selected, rejected)
+    if min(counts.values()) == 0:
+        return _write_untrained(out, selected, rejected, counts, time.perf_counter() - t0, log)
     x, y, mics = load_labelled(selected, rejected, max_particles, seed, images)
-    if y.min() == y.max():
-        raise CryoflowError(Path(rejected), "needs both kept and rejected particles to learn from")
     val = split_by_micrograph(mics, seed)
     if not val.any() or val.all():
         val = np.random.default_rng(seed).random(len(y)) < VALIDATION_FRACTION
@@ -191,6 +234,7 @@ def train_particles(
     model.threshold = 0.5
     agree = float(((p_val >= model.threshold) == (y[val] > 0.5)).mean())
     model.meta = {
+        "trained": True,
         "selected": str(selected),
         "rejected": str(rejected),
         "images_fit": int((~val).sum()),

@@ -25,7 +25,7 @@ from cryoflow.errors import CryoflowError
 from cryoflow.io.atomic import write_text
 from cryoflow.report.render import render
 
-# Pipeline order; steps not listed come after, alphabetically.
+# Pipeline order (a folder name, else the step its summary names); steps not listed come after, alphabetically.
 STEP_ORDER = [
     "simulate",
     "info",
@@ -35,6 +35,7 @@ STEP_ORDER = [
     "extract",
     "classify2d",
     "classassess",
+    "particles_model",  # the particle classifier's training (its folder; its summary says "particles")
     "particles",
     "feedback",
 ]
@@ -59,7 +60,7 @@ def find_step_reports(run_dir: str | os.PathLike) -> list[dict]:
         step = str(summary.get("step", folder.name))
         found.append({"step": step, "folder": folder.name, "href": f"{folder.name}/report.html", "summary": summary})
     rank = {name: i for i, name in enumerate(STEP_ORDER)}
-    return sorted(found, key=lambda r: (rank.get(r["step"], len(rank)), r["folder"]))
+    return sorted(found, key=lambda r: (rank.get(r["folder"], rank.get(r["step"], len(rank))), r["folder"]))
 
 
 # What leaves a step, when its summary has no "stage" entry: the first of these keys present.
@@ -127,14 +128,27 @@ def write_index(run_dir: str | os.PathLike, title: str = "cryoflow run") -> Path
         raise CryoflowError(run_dir, "no step reports found (expected <step>/report.html in sub-folders)")
     info = read_run(run_dir)
     timings = dict(info.get("steps") or {})
+    matched = {step["folder"]: timings.pop(step["folder"], None) or timings.pop(step["step"], None) for step in steps}
     for step in steps:
         step["headline"] = _headline(step["summary"])
         step["micrographs"], step["particles"] = stage_counts(step["summary"])
-        timing = timings.pop(step["folder"], None) or timings.pop(step["step"], None) or {}
-        step["time"] = _duration(timing.get("seconds"))
-        step["status"] = timing.get("status", "")
-        memory = timing.get("max_memory_mib")
-        step["memory"] = f"{memory:.0f} MiB" if isinstance(memory, int | float) else ""
+        timing = matched[step["folder"]] or {}
+        # workflow steps that made this folder together: FOLDER_x, e.g. ctf_split and ctf_batches
+        # (the CTF scattered over batches of micrographs) before ctf (the merge)
+        parts = {n: timings.pop(n) for n in list(timings) if n.startswith(step["folder"] + "_") and n not in matched}
+        seconds = [t.get("seconds") for t in (*parts.values(), timing) if isinstance(t.get("seconds"), int | float)]
+        step["time"] = _duration(sum(seconds) if seconds else None)
+        if parts:
+            shown = {**parts, step["folder"]: timing}
+            step["time"] += " (" + ", ".join(f"{n} {_duration(t.get('seconds'))}" for n, t in shown.items()) + ")"
+        statuses = {t.get("status", "") for t in (*parts.values(), timing) if t}
+        step["status"] = next((s for s in ("failed", "running", "interrupted") if s in statuses), "")
+        step["status"] = step["status"] or ("cached" if statuses == {"cached"} else timing.get("status", ""))
+        memory = [t.get("max_memory_mib") for t in (*parts.values(), timing)]
+        memory = [m for m in memory if isinstance(m, int | float)]
+        step["memory"] = f"{max(memory):.0f} MiB" if memory else ""
+        if step["folder"] in STEP_ORDER:  # two folders of one step (particles_model, particles): by folder
+            step["step"] = step["folder"]
     # timed steps that wrote no report (still listed, so no time goes unaccounted)
     unreported = [
         {"step": name, "time": _duration(t.get("seconds")), "status": t.get("status", "")}
