@@ -34,11 +34,13 @@ are one particle. The keep threshold is robust (:func:`logit_threshold`): the ne
 logits are not calibrated, but particles form one tight mode and junk falls below it.
 
 Measured (``cryoflow bench pick --n 6 --speed-n 1``, 4 species x 6 held-out 1024²
-micrographs, diameter searched; CNN against the filter alone): F1 0.948/0.964 (7DDO),
-0.940/0.940 (globular 150 Å), 0.954/0.852 (elongated 200 Å: re-centring turns the
-self-template's off-centre picks into hits), 0.865/0.869 (globular 250 Å); junk picks
-4.3% against 5.2% on average, not 2%: broken particles still look like particles to it,
-and the threshold's guard caps what it may reject.
+micrographs, diameter searched; CNN against the filter alone, both followed by the junk
+tests of :mod:`cryoflow.picking.pick_junk`): F1 0.974/0.952 (7DDO), 0.979/0.967 (globular
+150 Å), 0.985/0.838 (elongated 200 Å: re-centring turns the self-template's off-centre
+picks into hits), 0.991/0.977 (globular 250 Å); junk picks 1.2% against 2.3% on average.
+The network alone leaves more junk (4.3% against 5.2% of picks, measured before the junk
+tests): broken particles still look like particles to it, and the threshold's guard caps
+what it may reject.
 Training takes 4 s (one 4096² micrograph, load 5) to 10-20 s on two cores, minutes under a
 load of 10-17.
 
@@ -104,7 +106,13 @@ MIN_POSITIVES = 30
 def cnn_input(prep: Prepared, diameter: float) -> tuple[torch.Tensor, float]:
     """The network's input image ``(h', w')`` float32 for micrograph ``prep`` and its scale
     (input pixels per working pixel, <= 1): particles white, noise of unit standard deviation,
-    ``SAMPLES_PER_DIAMETER`` pixels per ``diameter`` Å (see the module doc)."""
+    ``SAMPLES_PER_DIAMETER`` pixels per ``diameter`` Å (see the module doc), clipped at :data:`CLIP`."""
+    image, scale = density_image(prep, diameter)
+    return image.clamp(-CLIP, CLIP), scale
+
+
+def density_image(prep: Prepared, diameter: float) -> tuple[torch.Tensor, float]:
+    """:func:`cnn_input` before clipping (the junk tests of :mod:`cryoflow.picking.pick_junk` measure it)."""
     filt = torch.exp(-0.5 * (prep.k * LOW_PASS) ** 2) * (1 - torch.exp(-((prep.k * 2 * diameter) ** 2)))
     if prep.ctf is not None:
         filt = filt * torch.sign(prep.ctf)
@@ -127,7 +135,7 @@ def cnn_input(prep: Prepared, diameter: float) -> tuple[torch.Tensor, float]:
         weight[-1] = 1.0
     sigma = math.sqrt(float((crop(filt).abs().square() * weight).sum()) * prep.white) / (h * w)
     image = (image - image.median()) / max(sigma, 1e-12)
-    return image.clamp(-CLIP, CLIP).float(), nh / h
+    return image.float(), nh / h
 
 
 def crop_patches(image: torch.Tensor, yx: np.ndarray, size: int = PATCH) -> torch.Tensor:

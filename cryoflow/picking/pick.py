@@ -6,14 +6,19 @@ rlnPhaseShift). Micrograph files are found as RELION finds them, else under ``im
 
 The picker (:mod:`cryoflow.picking.filters`): CTF phase flip, 20 Å low-pass and a
 centre-surround disk filter at the particle's size, scores in noise standard deviations;
-peaks at least :data:`search.MIN_DISTANCE` diameters apart (duplicates), not within
-:data:`search.EDGE_MARGIN` diameters of the edge, not on contamination, carbon, holes or
-thick ice (:mod:`cryoflow.picking.mask`), not scoring more than
+peaks at least :data:`search.MIN_DISTANCE` diameters apart (duplicates; a peak on a stronger
+one's flank, e.g. a particle touching a stronger one, only when it scores at least
+:data:`search.FLANK_MIN_RELATIVE_SCORE` times the median pick, :mod:`cryoflow.picking.peaks`),
+not within :data:`search.EDGE_MARGIN` diameters of the edge, not on contamination, carbon,
+holes or thick ice (:mod:`cryoflow.picking.mask`), not scoring more than
 :data:`search.MAX_RELATIVE_SCORE` times the median pick (ice crystals and dense
 contaminants scatter far more than protein); diameter and threshold chosen from the data
 (:mod:`cryoflow.picking.search`) unless given. With ``picker="cnn"`` (and ``auto``), every
 candidate peak is then re-centred and re-scored by a small CNN trained positive-unlabelled on
-this dataset's confident picks (:mod:`cryoflow.picking.cnn_pick`).
+this dataset's confident picks (:mod:`cryoflow.picking.cnn_pick`). Last, per-pick junk tests
+(:mod:`cryoflow.picking.pick_junk`) reject picks whose density is an outlier against the
+median pick's: light (broken particles), heavy (aggregates, ice chips), dense (contaminants),
+each counted under its reason in ``summary.json`` (``junk_tests``).
 
 Outputs in ``out`` (built in a temporary folder and renamed when complete):
 
@@ -59,12 +64,14 @@ SELF_TEMPLATE = "self_template.mrcs"
 SEARCH_MICROGRAPHS = 4
 #: micrographs shown with their picks in the report
 OVERLAYS = 6
+#: run the per-pick junk tests (:mod:`cryoflow.picking.pick_junk`) on the picks
+JUNK_TESTS = True
 #: the pickers of ``picker``, and what ``auto`` runs (measured with ``cryoflow bench pick``)
 PICKERS = ("auto", "blob", "cnn")
 AUTO_PICKER = "cnn"
 AUTO_WHY = (
-    "auto: the CNN picker (cryoflow bench pick, diameter searched: mean F1 0.927 against 0.906 for the filter "
-    "alone, min 0.865 against 0.852; junk 4.3% against 5.2% of picks)"
+    "auto: the CNN picker (cryoflow bench pick, diameter searched: mean F1 0.982 against 0.933 for the filter "
+    "alone, min 0.974 against 0.838; junk 1.2% against 2.3% of picks)"
 )
 
 
@@ -84,12 +91,37 @@ class MicrographPicks:
     seconds: float = 0.0
     extra: dict = field(default_factory=dict)
     kept: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
-    #: for the CNN picker: its input image (float16, :func:`cnn.cnn_input`), input pixels per
-    #: micrograph pixel, peaks inside the exclusion mask (micrograph px), the picks' logits
-    cnn_image: torch.Tensor | None = None
+    #: the density image (float16, :func:`cnn.density_image`: the CNN's input before clipping; the
+    #: junk tests measure it) and its pixels per micrograph pixel; for the CNN picker, peaks inside
+    #: the exclusion mask (micrograph px) and the picks' logits
+    density: torch.Tensor | None = None
     cnn_factor: float = 1.0
     excluded_yx: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
     cnn_scores: np.ndarray | None = None
+    #: per candidate: True for a peak on a stronger peak's flank (:func:`peaks.find_peaks`)
+    flank: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    #: per candidate: why the junk tests rejected it ("" when they did not, :mod:`pick_junk`)
+    junk: np.ndarray | None = None
+
+    @property
+    def cnn_image(self) -> torch.Tensor | None:
+        """The CNN's input (:func:`cnn.cnn_input`): the density image clipped."""
+        from cryoflow.picking.cnn import CLIP
+
+        return None if self.density is None else self.density.clamp(-CLIP, CLIP)
+
+    def to_density(self, yx: np.ndarray) -> np.ndarray:
+        """Micrograph pixel positions ``(n, 2)`` to pixels of the density image."""
+        return (np.asarray(yx, dtype=np.float64).reshape(-1, 2) + 0.5) * self.cnn_factor - 0.5
+
+    def select(self, which: np.ndarray) -> None:
+        """Keep only the candidates ``which`` (bool ``(n,)``) in every per-candidate array."""
+        self.yx, self.scores, self.flank = self.yx[which], self.scores[which], self.flank[which]
+        self.extra = {k: np.asarray(v)[which] for k, v in self.extra.items()}
+        if len(self.kept) == len(which):
+            self.kept = self.kept[which]
+        if self.cnn_scores is not None:
+            self.cnn_scores = self.cnn_scores[which]
 
 
 def coordinate_file(name: str) -> str:
@@ -118,11 +150,12 @@ def ctf_params(row: pd.Series, optics: pd.Series) -> CtfParams | None:
 class _Micrographs:
     """The micrographs of a STAR file: names, pixel sizes, CTFs, and their images on demand."""
 
-    def __init__(self, star_path: Path, images: Path | None):
+    def __init__(self, star_path: Path, images: Path | None, loaded: dict[str, np.ndarray] | None = None):
         from cryoflow.picking.extract import micrograph_table
 
         self.star_path = star_path
         self.images = images
+        self.loaded = loaded or {}
         self.table = micrograph_table(star_path)
         self.names = [str(n) for n in self.table.table["rlnMicrographName"]]
         self.pixel_sizes = np.asarray(self.table.pixel_size(), dtype=float)
@@ -141,7 +174,9 @@ class _Micrographs:
         path = find_image(self.names[i], self.star_path, self.images, self._bases)
         if not path.is_file():
             raise CryoflowError(path, f"micrograph {self.names[i]!r} of {self.star_path} not found (use --images DIR)")
-        image, _ = read_micrograph(path, pixel_size=float(self.pixel_sizes[i]))
+        image = self.loaded.get(os.path.realpath(path))
+        if image is None:
+            image, _ = read_micrograph(path, pixel_size=float(self.pixel_sizes[i]))
         return image
 
 
@@ -197,12 +232,14 @@ def candidates(
     thumbnail: bool = False,
     bank=None,
     cnn_diameter: float | None = None,
+    cnn_negatives: bool = False,
 ) -> MicrographPicks:
     """Every peak above :data:`search.MIN_THRESHOLD` on micrograph ``i``, with its noise null and mask.
 
     ``bank``: a :class:`templates.TemplateBank` to score with instead of the blob filter;
-    ``cnn_diameter``: the particle diameter (Å) for which to keep the CNN picker's input
-    image and the peaks inside the exclusion mask (its negatives).
+    ``cnn_diameter``: the particle diameter (Å) for which to keep the density image (the CNN
+    picker's input and what the junk tests measure); ``cnn_negatives``: also keep the peaks
+    inside the exclusion mask (the CNN's negatives).
     """
     t0 = time.perf_counter()
     binning = bin_factor(float(mics.pixel_sizes[i]), diameter)
@@ -216,13 +253,14 @@ def candidates(
     else:
         score = lambda p: bank.score(p)[0]  # noqa: E731
         z, best = bank.score(prep)
-    yx, scores = find_peaks(z, distance, margin, floor=search.MIN_THRESHOLD, mask=allowed)
-    cnn_image, cnn_factor, excluded_yx = None, 1.0, np.zeros((0, 2))
+    yx, scores, flank = find_peaks(z, distance, margin, floor=search.MIN_THRESHOLD, mask=allowed, flanks=True)
+    density, cnn_factor, excluded_yx = None, 1.0, np.zeros((0, 2))
     if cnn_diameter is not None:
-        from cryoflow.picking.cnn import cnn_input
+        from cryoflow.picking.cnn import density_image
 
-        image, scale = cnn_input(prep, cnn_diameter)
-        cnn_image, cnn_factor = image.half().cpu(), scale / binning
+        image, scale = density_image(prep, cnn_diameter)
+        density, cnn_factor = image.half().cpu(), scale / binning
+    if cnn_negatives:
         peaks, _ = find_peaks(z, distance, margin, floor=search.MIN_THRESHOLD, mask=~allowed)
         excluded_yx = prep.to_micrograph(peaks)
     null = search.null_peaks(prep, score, distance, margin, seed=i)
@@ -246,9 +284,10 @@ def candidates(
         thumbnail_bin=binning,
         seconds=time.perf_counter() - t0,
         extra=extra,
-        cnn_image=cnn_image,
+        density=density,
         cnn_factor=cnn_factor,
         excluded_yx=excluded_yx,
+        flank=flank,
     )
 
 
@@ -283,6 +322,7 @@ def run_pick(
     picker: str = "auto",
     train_coordinates: str | os.PathLike | None = None,
     seed: int = 0,
+    loaded: dict[str, np.ndarray] | None = None,
 ) -> dict:
     """Pick every micrograph of ``micrographs`` into ``out`` (see the module doc); return the summary.
 
@@ -296,7 +336,9 @@ def run_pick(
     filter's or templates' picks), ``cnn`` (those candidates re-scored by a CNN trained on
     the fly, :mod:`cryoflow.picking.cnn_pick`) or ``auto`` (:data:`AUTO_PICKER`);
     ``train_coordinates``: a particles STAR whose particles are the CNN's positives
-    (e.g. classassess's particles_selected.star); ``seed``: the CNN's training seed.
+    (e.g. classassess's particles_selected.star); ``seed``: the CNN's training seed;
+    ``loaded``: micrographs already read (``os.path.realpath`` of the file -> image, as
+    ``run_ctf`` fills it), used instead of reading those files again.
     ``out`` must not exist or be empty.
     """
     from cryoflow.io import atomic_dir, write_blocks
@@ -317,7 +359,7 @@ def run_pick(
         raise CryoflowError(train_coordinates, "training coordinates STAR not found")
     use_cnn = (AUTO_PICKER if picker == "auto" else picker) == "cnn"
     device = torch.device(device)
-    mics = _Micrographs(star_path, Path(images) if images else None)
+    mics = _Micrographs(star_path, Path(images) if images else None, loaded)
     bank, self_templated = None, False
     if templates is not None:
         from cryoflow.picking.templates import TemplateBank, read_templates
@@ -357,17 +399,26 @@ def run_pick(
             device,
             thumbnail=i in overlay,
             bank=bank,
-            cnn_diameter=diameter if use_cnn else None,
+            cnn_diameter=diameter,
+            cnn_negatives=use_cnn,
         )
         for i in progress(range(len(mics)), desc="pick", unit="mic")
     ]
-    scores = np.concatenate([p.scores for p in picks]) if picks else np.zeros(0)
+    # the threshold and the median pick from the peaks that are the maximum of their
+    # neighbourhood (as the noise null's); peaks on a stronger one's flank join when they score like particles
+    scores = np.concatenate([p.scores[~p.flank] for p in picks]) if picks else np.zeros(0)
     null = np.concatenate([p.null for p in picks]) if picks else np.zeros(0)
     choice = search.choose_threshold(scores, null)
     used = float(threshold) if threshold is not None else choice.threshold
     above = scores[scores >= used]
-    ceiling = float(search.MAX_RELATIVE_SCORE * np.median(above)) if len(above) else np.inf
+    median = float(np.median(above)) if len(above) else np.inf
+    ceiling = search.MAX_RELATIVE_SCORE * median
+    flank_floor = max(used, search.FLANK_MIN_RELATIVE_SCORE * median)
+    flank_dropped = 0
     for p in picks:
+        weak_flank = p.flank & (p.scores < flank_floor)
+        flank_dropped += int(weak_flank.sum())
+        p.select(~weak_flank)
         p.kept = (p.scores >= used) & (p.scores <= ceiling)
     too_strong = int(sum(int(((p.scores >= used) & (p.scores > ceiling)).sum()) for p in picks))
     blob_picks = int(sum(int(p.kept.sum()) for p in picks))
@@ -377,6 +428,9 @@ def run_pick(
 
         training = rescore(picks, used, ceiling, seed=seed, device=device, train_coordinates=train_coordinates)
     cnn_ran = training is not None and training.trained
+    from cryoflow.picking.pick_junk import reject_junk
+
+    junk = reject_junk(picks) if JUNK_TESTS else None
 
     summary = {
         "micrographs": len(mics),
@@ -417,6 +471,15 @@ def run_pick(
         "threshold_source": "given" if threshold is not None else "chosen",
         "ceiling": round(ceiling, 3) if np.isfinite(ceiling) else None,
         "rejected_too_strong": too_strong,
+        "junk_tests": junk.to_dict() if junk is not None else None,
+        "flank_peaks": {
+            "rule": f"a peak on a stronger peak's flank (within the minimum distance along both axes: touching "
+            f"particles, or a bump between particles) is a candidate when it scores at least "
+            f"{search.FLANK_MIN_RELATIVE_SCORE:g} x the median pick",
+            "floor": round(flank_floor, 3) if np.isfinite(flank_floor) else None,
+            "kept": int(sum(int(p.flank.sum()) for p in picks)),
+            "dropped": flank_dropped,
+        },
         "min_distance_A": round(search.MIN_DISTANCE * filter_diameter, 1),
         "edge_margin_A": round(search.EDGE_MARGIN * filter_diameter, 1),
         "picks_per_micrograph": {p.name: int(p.kept.sum()) for p in picks},

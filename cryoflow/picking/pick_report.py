@@ -171,11 +171,30 @@ def write_pick_report(out: Path, summary: dict, picks: list, evidence, choice) -
         f"Picks scoring above twice the median pick are rejected as junk ({s['rejected_too_strong']} here): ice "
         "crystals and dense contaminants scatter much more strongly than protein.",
     )
+    junk = s.get("junk_tests")
+    if junk:
+        if junk["ran"]:
+            lo, hi = junk["mass_limits_relative"]
+            par.metric(
+                "Rejected as junk (per-pick tests)",
+                junk["rejected_total"],
+                "picks",
+                f"Each pick's density against its micrograph's median pick: light (mass below {lo:.2f} x the median: "
+                f"broken particles, fragments) {junk['rejected']['light']}, heavy (above {hi:.2f} x: aggregates, ice "
+                f"chips, contaminants) {junk['rejected']['heavy']}, dense (peak above "
+                f"{junk['peak_limit_relative']:.2f} x: contaminants) {junk['rejected']['dense']}. Every view of an "
+                "intact particle holds about the same density; junk does not.",
+            )
+        else:
+            par.metric("Rejected as junk (per-pick tests)", "not run", "", junk["reason"])
     par.metric(
         "Minimum distance",
         s["min_distance_A"],
         "Å",
-        "Two peaks closer than this are one particle (the weaker is dropped); touching particles are one diameter apart.",
+        "Two peaks closer than this are one particle (the weaker is dropped); touching particles are one diameter "
+        "apart. A peak on a stronger one's flank (touching particles, or a bump between particles in a crowded field) "
+        f"is a candidate only when it scores at least half the median pick: {s['flank_peaks']['kept']} kept, "
+        f"{s['flank_peaks']['dropped']} dropped here.",
     )
     par.metric("Edge margin", s["edge_margin_A"], "Å", "No pick whose centre is closer than this to an edge.")
     excl = np.array(list(s["excluded_fraction"].values()) or [0.0])
