@@ -152,6 +152,99 @@ def test_background_refresh_is_journaled_and_reaped(tmp_path):
     assert (a["processed"], a["missed"], a["duplicated"]) == (4, 0, 0)
 
 
+def test_batches_split_between_free_workers_and_wait_for_the_search(tmp_path):
+    """Settled files are split between the idle workers (latency); until picking is fixed, one
+    batch at a time of at least search_min files (or after search_wait_s)."""
+    inp, out = tmp_path / "in", tmp_path / "out"
+    _write(inp, 6)
+    w = Watcher(inp, out, WatchOptions(batch=4, settle_s=0, steps=(), quiet=True, workers=2))
+    w.scan()
+    assert [len(w.batches[b]) for b in w._form(2)] == [3, 3]
+    assert [len(w.batches[b]) for b in w._form(1)] == []  # nothing left
+    w.journal.close()
+
+    inp2, out2 = tmp_path / "in2", tmp_path / "out2"
+    _write(inp2, 3)
+    options = WatchOptions(batch=2, settle_s=0, quiet=True, workers=2, search_min=4, search_wait_s=30)
+    w = Watcher(inp2, out2, options)
+    w.scan()
+    assert w._form(2) == []  # 3 < search_min: wait for more
+    _write(inp2, 2, start=3)
+    w.scan()
+    assert [len(w.batches[b]) for b in w._form(2)] == [4]  # one batch, of search_min files
+    assert w._slots(None, set()) == 1 and w._slots(object(), {"b000001"}) == 0  # the others wait for it
+    w.files[w.pending()[0]].settled_t -= 31
+    w.params = None
+    assert [len(w.batches[b]) for b in w._form(2)] == [1]  # waited search_wait_s: goes alone
+    w.journal.close()
+
+
+def test_worker_failures(tmp_path, monkeypatch):
+    """A batch failing in a worker is journaled as failed (retried at the next start) and the
+    others go on; a bug in a worker stops the watcher with its traceback and no worker left."""
+    import multiprocessing
+
+    from cryoflow.errors import CryoflowError
+    from cryoflow.feedback import watch as watch_module
+
+    def refuse_second(context):
+        if context.files[0].name == epu_name(1).split("/")[-1]:
+            raise CryoflowError(context.files[0], "refused by the hook")
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    _write(inp, 3)
+    monkeypatch.setattr(watch_module, "BATCH_HOOKS", [refuse_second])
+    counters = watch(inp, out, WatchOptions(batch=1, once=True, workers=2, **QUICK))
+    assert (counters.processed, counters.failed) == (2, 1)
+    events = read_journal(out / JOURNAL)
+    assert [e["why"].split(": ")[-1] for e in events if e["e"] == "failed"] == ["refused by the hook"]
+    assert {e.get("worker") for e in events if e["e"] == "done"} - {None}  # built in the workers
+
+    monkeypatch.setattr(watch_module, "BATCH_HOOKS", [lambda context: 1 / 0])
+    with pytest.raises(RuntimeError, match="ZeroDivisionError"):
+        watch(inp, out, WatchOptions(batch=1, once=True, workers=2, **QUICK))
+    assert not multiprocessing.active_children()
+    monkeypatch.setattr(watch_module, "BATCH_HOOKS", [])
+    counters = watch(inp, out, WatchOptions(batch=1, once=True, workers=2, **QUICK))
+    assert counters.processed == 1  # the failed batch, redone with the same file
+    a = audit(out, inp)
+    assert (a["processed"], a["missed"], a["duplicated"]) == (3, 0, 0)
+
+
+def test_cumulative_run_takes_batches_in_order(tmp_path):
+    """Batches finishing out of order (two workers) join the run only once every earlier one is done."""
+    inp, out = tmp_path / "in", tmp_path / "out"
+    _write(inp, 3)
+    w = Watcher(inp, out, WatchOptions(batch=1, settle_s=0, steps=(), quiet=True))
+    w.scan()
+    b1, b2, b3 = (w.assign([f]) for f in w.pending())
+    w.done = {b2, b3}
+    assert w._includable({b1}) == set()
+    assert w._includable(set()) == {b2, b3}  # b1 failed (not waiting any more): the others go on
+    w.done.add(b1)
+    assert w._includable({b3}) == {b1, b2}
+    w.journal.close()
+
+
+def test_relative_thickness_against_the_session():
+    """A batch's relative ice thickness uses the session's earlier micrographs too (a batch of one
+    is not its own reference), as if every micrograph had been given at once."""
+    import numpy as np
+    import pandas as pd
+
+    from cryoflow.ctf.run import _add_relative_thickness
+
+    def thickness(intensities, others=()):
+        fitted = pd.DataFrame({"cryoflowMeanIntensity": intensities})
+        _add_relative_thickness(fitted, pd.DataFrame(), others)
+        return fitted["cryoflowRelativeIceThickness"].to_numpy()
+
+    session = [100.0, 98.0, 80.0, 101.0, 99.0]
+    whole = thickness(session)
+    assert thickness([80.0])[0] == 0.0  # alone, the thick micrograph looks like the thinnest ice
+    assert np.allclose(thickness([80.0], session[:2] + session[3:])[0], whole[2])
+
+
 @pytest.mark.slow
 def test_full_steps_cumulative_and_feedback(tmp_path):
     """ctf + micassess + pick on 6 tiny simulated micrographs in 2 batches; the cumulative run
@@ -176,3 +269,25 @@ def test_full_steps_cumulative_and_feedback(tmp_path):
     feedback = json.loads((run / "feedback" / "feedback.json").read_text())
     assert feedback["grid"]["micrographs"] == 6
     assert (run / "index.html").exists() and (run / "pick" / "coordinates.star").exists()
+    assert (run / "feedback" / "report.html").exists()  # drawn at the end at the latest
+    assert not list((out / BATCHES).glob("b*/ctf/report.html"))  # no per-batch step reports by default
+
+    # the same in the watcher itself, one batch at a time, with every step's report: the same results
+    out1 = tmp_path / "out1"
+    options = WatchOptions(batch=3, once=True, settle_s=0.05, poll_s=0.02, quiet=True, workers=1, step_reports=True)
+    assert watch(inp, out1, options).processed == 6
+    assert list((out1 / BATCHES).glob("b*/ctf/report.html"))
+
+    def table(o, step, name):
+        t = read_table(o / "run" / step / name, "micrographs").table
+        return t.sort_values("rlnMicrographName").reset_index(drop=True)
+
+    ctf1 = table(out1, "ctf", "micrographs_ctf.star")
+    measured = [c for c in ctf.columns if c not in ("cryoflowDiagnostic", "cryoflowRelativeIceThickness")]
+    assert table(out, "ctf", "micrographs_ctf.star")[measured].equals(ctf1[measured])
+    for name in ("micrographs_good.star", "micrographs_rejected.star"):
+        assert list(table(out, "micassess", name)["rlnMicrographName"]) == list(
+            table(out1, "micassess", name)["rlnMicrographName"]
+        )
+    picks = [json.loads((o / "run" / "pick" / "summary.json").read_text())["picks_per_micrograph"] for o in (out, out1)]
+    assert picks[0] == picks[1]

@@ -46,9 +46,17 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-latency",
         type=float,
-        default=4.0,
+        default=0.0,
         metavar="SECONDS",
-        help="seconds a settled micrograph may wait for its batch to fill before a smaller batch runs",
+        help="seconds a settled micrograph may wait for its batch to fill before a smaller batch runs "
+        "(0: a batch starts as soon as a worker is free)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        metavar="N",
+        help="processes building batches side by side (1: one batch at a time in the watcher)",
     )
     parser.add_argument("--stop-after", type=int, metavar="N", help="exit cleanly once N micrographs are processed")
     parser.add_argument(
@@ -83,6 +91,7 @@ def main(args: argparse.Namespace) -> int:
         poll_s=args.poll,
         batch=args.batch,
         max_latency_s=args.max_latency,
+        workers=args.workers,
         once=args.once,
         stop_after=args.stop_after,
         steps=steps,

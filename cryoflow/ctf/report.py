@@ -157,21 +157,8 @@ def write_report(
         ]
         metrics.table(fitted[[c for c in shown if c in fitted]], caption="Per-micrograph fits (first 200)")
 
-    summary = {
-        "micrographs": n,
-        "fitted": n_ok,
-        "failed": n - n_ok,
-        "median_defocus_um": med(defocus),
-        "median_astigmatism_A": med(astig),
-        "median_fit_resolution_A": med(resolution),
-        "median_figure_of_merit": med(fom),
-        "failures": {str(r["rlnMicrographName"]): r["cryoflowCtfFailure"] for _, r in failed.iterrows()}
-        if len(failed)
-        else {},
-        "outputs": {
-            "micrographs_ctf": "micrographs_ctf.star",
-            "failed": "micrographs_ctf_failed.star" if len(failed) else None,
-        },
-    }
+    from cryoflow.ctf.run import summarize
+
+    summary = summarize(results, failed)
     report.write(out, summary=summary)
     return summary

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,10 +141,23 @@ def run_ctf(
     optics: Optics | None = None,
     settings: Settings | None = None,
     device: torch.device | str = "cpu",
+    report: bool = True,
+    diagnostics: bool = True,
+    session_intensities: Sequence[float] = (),
+    loaded: dict[str, np.ndarray] | None = None,
 ) -> dict:
     """Estimate the CTF of every micrograph in ``inputs`` and write the outputs into ``out``.
 
     ``out`` must not exist or be empty (nothing a user has is overwritten). Returns the summary.
+    ``report``: False writes ``summary.json`` without ``report.html`` and its figures (``cryoflow
+    watch``: the same STAR files in a fraction of the time); ``diagnostics``: False writes no
+    per-micrograph PNG (the STAR files then have no ``cryoflowDiagnostic`` column).
+    ``session_intensities``: mean intensities of fitted micrographs of the same session
+    processed earlier (``cryoflow watch``'s previous batches): the relative ice thickness is
+    then measured against the whole session's typical intensity, as if all had been given at
+    once, not against this batch's alone. ``loaded``: a dict that receives every micrograph
+    read (``os.path.realpath`` of its file -> the read-only float32 image), for the next steps
+    to use instead of reading the files again (``cryoflow watch``).
     """
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -155,9 +169,13 @@ def run_ctf(
     stems = _unique_stems(mics)
     results: list[CtfResult] = []
     with atomic_dir(out) as tmp:
-        (tmp / "diagnostics").mkdir()
+        if diagnostics:
+            (tmp / "diagnostics").mkdir()
         for mic, stem in zip(progress(mics, desc="ctf", unit="mic"), stems, strict=True):
             image, _ = read_micrograph(mic.path, pixel_size=mic.pixel_size)
+            if loaded is not None:
+                image.flags.writeable = False  # shared with the next steps: nobody may change it
+                loaded[os.path.realpath(mic.path)] = image
             result = estimate(
                 torch.as_tensor(np.array(image)).to(device),
                 mic.pixel_size,
@@ -165,17 +183,50 @@ def run_ctf(
                 settings,
             )
             results.append(result)
-            if result.ok:
+            if result.ok and diagnostics:
                 _save_diagnostic(result, tmp / "diagnostics" / f"{stem}.png")
-        fitted, failed = tables(mics, stems, results)
-        _add_relative_thickness(fitted, failed)
+        fitted, failed = tables(mics, stems, results, diagnostics=diagnostics)
+        _add_relative_thickness(fitted, failed, session_intensities)
         write_table(tmp / "micrographs_ctf.star", StarTable(optics_table, fitted, "micrographs"))
         if len(failed):
             write_table(tmp / "micrographs_ctf_failed.star", StarTable(optics_table, failed, "micrographs"))
-        from cryoflow.ctf.report import write_report
+        if report:
+            from cryoflow.ctf.report import write_report
 
-        summary = write_report(tmp, mics, stems, results, fitted, failed, optics_table, settings)
+            summary = write_report(tmp, mics, stems, results, fitted, failed, optics_table, settings)
+        else:
+            from cryoflow.report.builder import write_summary
+
+            summary = {"step": "ctf", **summarize(results, failed)}
+            write_summary(tmp / "summary.json", summary)
     return summary
+
+
+def summarize(results: list[CtfResult], failed: pd.DataFrame) -> dict:
+    """The step's ``summary.json`` (written with or without the report)."""
+    n, n_ok = len(results), int(sum(r.ok for r in results))
+    ok = [r for r in results if r.ok]
+    med = lambda a: float(np.median(a)) if len(a) else float("nan")  # noqa: E731
+    defocus = np.array([r.fit.defocus / 1e4 for r in ok])
+    astig = np.array([r.fit.astigmatism for r in ok])
+    resolution = np.array([r.resolution for r in ok])
+    fom = np.array([r.fit.score for r in ok])
+    return {
+        "micrographs": n,
+        "fitted": n_ok,
+        "failed": n - n_ok,
+        "median_defocus_um": med(defocus),
+        "median_astigmatism_A": med(astig),
+        "median_fit_resolution_A": med(resolution),
+        "median_figure_of_merit": med(fom),
+        "failures": {str(r["rlnMicrographName"]): r["cryoflowCtfFailure"] for _, r in failed.iterrows()}
+        if len(failed)
+        else {},
+        "outputs": {
+            "micrographs_ctf": "micrographs_ctf.star",
+            "failed": "micrographs_ctf_failed.star" if len(failed) else None,
+        },
+    }
 
 
 def _save_diagnostic(result: CtfResult, path: Path) -> None:
@@ -186,7 +237,9 @@ def _save_diagnostic(result: CtfResult, path: Path) -> None:
     matplotlib.image.imsave(path, half_and_half(result), cmap="gray", vmin=0, vmax=1)
 
 
-def tables(mics: list[Micrograph], stems: list[str], results: list[CtfResult]) -> tuple[pd.DataFrame, pd.DataFrame]:
+def tables(
+    mics: list[Micrograph], stems: list[str], results: list[CtfResult], diagnostics: bool = True
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Rows of ``micrographs_ctf.star`` (fitted) and ``micrographs_ctf_failed.star``."""
     fitted, failed = [], []
     for mic, stem, r in zip(mics, stems, results, strict=True):
@@ -207,7 +260,8 @@ def tables(mics: list[Micrograph], stems: list[str], results: list[CtfResult]) -
             if metric in r.metrics:
                 row[column] = r.metrics[metric]
         if r.ok:
-            row["cryoflowDiagnostic"] = f"diagnostics/{stem}.png"
+            if diagnostics:
+                row["cryoflowDiagnostic"] = f"diagnostics/{stem}.png"
             fitted.append(row)
         else:
             row["cryoflowCtfFailure"] = r.reason
@@ -215,14 +269,15 @@ def tables(mics: list[Micrograph], stems: list[str], results: list[CtfResult]) -
     return pd.DataFrame(fitted), pd.DataFrame(failed)
 
 
-def _add_relative_thickness(fitted: pd.DataFrame, failed: pd.DataFrame) -> None:
+def _add_relative_thickness(fitted: pd.DataFrame, failed: pd.DataFrame, others: Sequence[float] = ()) -> None:
     """Relative ice thickness ln(I_ref / I): I the mean intensity, I_ref its 95th percentile over
-    the fitted micrographs (the thinnest typical ice of the dataset). In units of the inelastic
-    mean free path (~300-350 nm at 300 kV) if the dose per micrograph is constant; 0 = thinnest."""
+    the fitted micrographs (the thinnest typical ice of the dataset; ``others``: mean intensities
+    of more fitted micrographs of it, not in ``fitted``). In units of the inelastic mean free
+    path (~300-350 nm at 300 kV) if the dose per micrograph is constant; 0 = thinnest."""
     column = COLUMNS["mean_intensity"]
     if fitted.empty or column not in fitted:
         return
-    values = fitted[column].to_numpy(dtype=float)
+    values = np.concatenate([fitted[column].to_numpy(dtype=float), np.asarray(others, dtype=float)])
     reference = np.percentile(values[values > 0], 95) if (values > 0).any() else math.nan
     for table in (fitted, failed):
         if column in table:

@@ -15,11 +15,16 @@ Event kinds written by :mod:`cryoflow.feedback.watch`:
   valid MRC; ``invalid``: it stopped changing but does not open (``why``), re-checked if
   it changes again;
 - ``batch``: settled files assigned to batch ``b`` (each file is assigned once, ever);
-- ``step``: step ``step`` of batch ``b`` finished in its temporary folder (``s`` seconds);
-- ``done``: batch ``b``'s output folder is complete (renamed into place);
-  ``failed``: it raised a cryoflow error (``why``; retried at the next start);
+- ``step``: step ``step`` of batch ``b`` finished in its temporary folder (``s`` seconds,
+  ``cpu`` CPU seconds of the process that ran it); journaled with the batch's outcome;
+- ``done``: batch ``b``'s output folder is complete (renamed into place; ``s``, ``cpu``,
+  ``worker`` the process that built it, ``intensities`` the mean intensities of its
+  micrographs with a CTF fit); ``failed``: it raised a cryoflow error (``why``; retried at
+  the next start);
 - ``params``: picking diameter (Å) and threshold (noise σ) fixed from batch ``b``;
-- ``feedback``: the cumulative run folder and feedback were refreshed up to batch ``upto``;
+- ``feedback``: the cumulative run folder and feedback were refreshed up to batch ``upto``
+  (every complete batch up to it; ``t`` when feedback was swapped in, ``report`` whether
+  its report.html was redrawn, ``cpu`` the refresh's CPU seconds);
 - ``changed``: a processed file changed on disk afterwards (not processed again).
 """
 

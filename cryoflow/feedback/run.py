@@ -112,11 +112,14 @@ def run_feedback(
     costs: Costs | None = None,
     min_quality: float = 0.0,
     model: SpatialModel | None = None,
+    report: bool = True,
 ) -> dict:
     """Aggregate, predict, plan and write every output into ``out`` (must not exist or be empty).
 
     ``budget_s``: microscope time left for the session, seconds. ``min_quality``: holes
-    predicted below this P(good) are never planned. Returns the summary.
+    predicted below this P(good) are never planned. ``report``: False writes summary.json
+    without report.html and its figures (``cryoflow watch`` between report refreshes).
+    Returns the summary.
     """
     from cryoflow import __version__
     from cryoflow.feedback.navigator import flag_items, nav_text, read_nav
@@ -182,8 +185,6 @@ def run_feedback(
         "outputs": {"feedback": "feedback.json", "squares": "squares.csv", "holes": "holes.csv", "plan": "plan.csv"},
     }
     with atomic_dir(out) as tmp:
-        from cryoflow.feedback.report import write_report
-
         write_summary(tmp / "feedback.json", doc)
         squares.to_csv(tmp / "squares.csv", index=False, float_format="%.6g")
         hole_table.to_csv(tmp / "holes.csv", index=False, float_format="%.6g")
@@ -199,5 +200,10 @@ def run_feedback(
             name = f"{Path(nav).stem}_cryoflow.nav"
             (tmp / name).write_text(nav_text(flag_items(navigator, decisions)), encoding="utf-8")
             summary["outputs"]["navigator"] = name
-        write_report(tmp, doc, mics, squares, hole_table, plan, summary)
+        if report:
+            from cryoflow.feedback.report import write_report
+
+            write_report(tmp, doc, mics, squares, hole_table, plan, summary)
+        else:
+            write_summary(tmp / "summary.json", {"step": "feedback", **summary})
     return json.loads(json.dumps(summary, default=str))

@@ -12,18 +12,24 @@ does, in chunks, straight to the final name:
 2. ``--big`` 4096² micrographs (simulated with the ``realistic`` preset, or copied from
    ``--pool DIR``) written every ``--interval`` seconds while a watcher runs the full
    steps (ctf, micassess, pick, feedback); latency from a file's last byte written to
-   the feedback refresh that covers it (s), and throughput (micrographs/s).
+   the feedback refresh that covers it (s: median, p90, the first and second half of the
+   files, the files written after picking's parameters were fixed, i.e. after the
+   start-up, and the median time to each stage: settled, batch started, batch done),
+   throughput (micrographs/s), and from the journal each step's seconds and CPU seconds per
+   micrograph (the refresh's CPU in its background process included). The load average is
+   printed with them: on a shared machine the wall-clock figures depend on it.
 
 Examples::
 
     cryoflow bench watch
     cryoflow bench watch --files 1000 --kills 3 --big 0
-    cryoflow bench watch --files 0 --big 12 --interval 2 --pool sim_realistic/
+    cryoflow bench watch --files 0 --big 60 --interval 2 --pool sim_realistic/
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -131,7 +137,7 @@ def kill_check(
     moments = np.sort(rng.uniform(0.2, 0.8, size=kills)) * max(duration, 1.0)
     watcher = subprocess.Popen(_watch_cmd(inp, out, *options))
     for m in moments:
-        _wait_started(out, watcher)
+        _wait_started(out, watcher, batch_done=True)
         # let it work a while (batches run back to back, each >= step_delay s), so the kill lands mid-run
         time.sleep(max(float(rng.uniform(0.3, 1.0)), t0 + m - time.time()))
         watcher.send_signal(signal.SIGKILL)
@@ -176,17 +182,19 @@ def _interrupted(out: Path) -> dict:
     return {"batches_pending_at_restart": len(set(cut)), "processed_at_each_start": done_before}
 
 
-def _wait_started(out: Path, watcher: subprocess.Popen, timeout: float = 120.0) -> None:
-    """Wait until ``watcher`` has journaled its start (its imports can take seconds)."""
+def _wait_started(out: Path, watcher: subprocess.Popen, timeout: float = 120.0, batch_done: bool = False) -> None:
+    """Wait until ``watcher`` has journaled its start (its imports can take seconds) and, with
+    ``batch_done``, completed a batch since (so a kill lands mid-run even on a busy machine)."""
     from cryoflow.feedback.journal import read_journal
     from cryoflow.feedback.watch import JOURNAL
 
     end = time.time() + timeout
     while time.time() < end and watcher.poll() is None:
-        if (out / JOURNAL).exists() and any(
-            e["e"] == "start" and e.get("pid") == watcher.pid for e in read_journal(out / JOURNAL)
-        ):
-            return
+        if (out / JOURNAL).exists():
+            events = read_journal(out / JOURNAL)
+            start = next((i for i, e in enumerate(events) if e["e"] == "start" and e.get("pid") == watcher.pid), None)
+            if start is not None and (not batch_done or any(e["e"] == "done" for e in events[start:])):
+                return
         time.sleep(0.05)
 
 
@@ -200,11 +208,11 @@ def _pool(n: int, folder: Path) -> list[str]:
 
 def latency_check(
     folder: str | os.PathLike,
-    big: int = 12,
+    big: int = 30,
     interval: float = 2.0,
     pool: str | None = None,
     batch: int = 4,
-    max_latency: float = 4.0,
+    max_latency: float = 0.0,
     settle: float = 1.0,
     steps: str = "ctf,micassess,pick",
     ctf_full: bool = False,
@@ -238,29 +246,51 @@ def latency_check(
         steps,
     ]
     options += (["--pixel-size", str(apix)] if apix else []) + (["--ctf-full"] if ctf_full else [])
-    watcher = subprocess.Popen(_watch_cmd(inp, out, *options))
-    time.sleep(2.0)  # the watcher's imports
-    t0 = time.time()
-    w = _start_writer(inp, big, 1.0 / interval, log, sources)
-    w.wait()
-    watcher.wait(timeout=60 * big)
+    load_start = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    with open(folder / "watch.log", "wb") as log_fh:  # the watcher's messages, for a look when it fails
+        watcher = subprocess.Popen(_watch_cmd(inp, out, *options), stderr=log_fh)
+        time.sleep(2.0)  # the watcher's imports
+        t0 = time.time()
+        w = _start_writer(inp, big, 1.0 / interval, log, sources)
+        w.wait()
+        code = watcher.wait(timeout=60 * big)
+    if code != 0:
+        tail = (folder / "watch.log").read_text(encoding="utf-8", errors="replace").splitlines()[-40:]
+        print("\n".join([f"the watcher failed (exit code {code}):", *tail]), file=sys.stderr)
     written = {json.loads(line)["f"]: json.loads(line)["t"] for line in open(log, encoding="utf-8")}
     events = read_journal(out / JOURNAL)
     batch_of = {f: e["b"] for e in events if e["e"] == "batch" for f in e["files"]}
+    settled_t = {e["f"]: e["t"] for e in events if e["e"] == "settled"}
+    batch_t = {e["b"]: e["t"] for e in events if e["e"] == "batch"}
+    done_t = {e["b"]: e["t"] for e in events if e["e"] == "done"}
     refreshed = [(e["t"], e["upto"]) for e in events if e["e"] == "feedback" and e.get("upto")]
-    lat = []
+    fixed = next((e["t"] for e in events if e["e"] == "params"), None)  # picking fixed: the start-up is over
+    lat, steady, stages = [], [], {"settled": [], "batch_start": [], "batch_done": []}
     for f, t in written.items():
         b = batch_of.get(f)
         when = next((tr for tr, upto in refreshed if b and upto >= b), None)
         if when is not None:
             lat.append(when - t)
+            if fixed is not None and t >= fixed:
+                steady.append(when - t)
+            stages["settled"].append(settled_t.get(f, np.nan) - t)
+            stages["batch_start"].append(batch_t.get(b, np.nan) - t)
+            stages["batch_done"].append(done_t.get(b, np.nan) - t)
     step_s: dict[str, float] = {}
+    step_cpu: dict[str, float] = {}
     for e in events:
         if e["e"] == "step":
             step_s[e["step"]] = step_s.get(e["step"], 0.0) + e["s"]
+            step_cpu[e["step"]] = step_cpu.get(e["step"], 0.0) + e.get("cpu", 0.0)  # 0: skipped (no good micrograph)
+    batch_cpu = sum(e.get("cpu", 0.0) for e in events if e["e"] == "done")
+    refreshes = [e for e in events if e["e"] == "feedback" and e.get("upto")]
+    step_cpu["batch_overhead"] = batch_cpu - sum(step_cpu.values())  # journal, folders, manifests outside the steps
+    step_cpu["refresh_read"] = sum(e.get("read_cpu") or 0.0 for e in refreshes)
+    step_cpu["refresh_write_feedback"] = sum(e.get("cpu") or 0.0 for e in refreshes)  # in the child when background
     last = max(t for t, _ in refreshed) if refreshed else time.time()
     lat = np.array(lat)
     half = len(lat) // 2
+    n = max(len(written), 1)
     result = audit(out, inp)
     result.update(
         {
@@ -269,15 +299,32 @@ def latency_check(
             "shape": "4096x4096",
             "latency_s": {
                 "median": round(float(np.median(lat)), 2) if len(lat) else None,
+                "p90": round(float(np.quantile(lat, 0.9)), 2) if len(lat) else None,
                 "max": round(float(lat.max()), 2) if len(lat) else None,
                 "first_half_median": round(float(np.median(lat[:half])), 2) if half else None,
                 "second_half_median": round(float(np.median(lat[half:])), 2) if half else None,
             },
+            # the files written after picking's diameter and threshold were fixed (the first batch's
+            # search, a one-off start-up of ~7 s of CPU): how the watcher keeps up in a session
+            "steady_latency_s": {
+                "files": len(steady),
+                "median": round(float(np.median(steady)), 2) if steady else None,
+                "p90": round(float(np.quantile(steady, 0.9)), 2) if steady else None,
+                "max": round(float(np.max(steady)), 2) if steady else None,
+            },
+            # median seconds from the last byte written to each stage of the file's way to feedback
+            "latency_stages_median_s": {k: round(float(np.nanmedian(v)), 2) for k, v in stages.items() if len(v)},
+            "latencies_s": [round(float(x), 2) for x in lat],  # in the order the files were written
             "throughput_per_s": round(len(lat) / max(last - t0, 1e-9), 3),
-            "step_seconds_per_micrograph": {k: round(v / max(len(written), 1), 3) for k, v in step_s.items()},
+            "batches": len(done_t),
+            "refreshes": len(refreshes),
+            "step_seconds_per_micrograph": {k: round(v / n, 3) for k, v in step_s.items()},
+            "step_cpu_seconds_per_micrograph": {k: round(v / n, 3) for k, v in step_cpu.items()},
             "cores": os.cpu_count(),
             "steps": steps,
             "ctf": "full" if ctf_full else "fast",
+            "options": options,
+            "load_average_start": load_start,
             "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         }
     )
@@ -291,18 +338,32 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--files", type=int, default=1000, help="tiny files for the kill -9 check (0: skip)")
     parser.add_argument("--rate", type=float, default=200.0, help="tiny files written per second")
     parser.add_argument("--kills", type=int, default=3, help="SIGKILLs of the watcher during the check")
-    parser.add_argument("--big", type=int, default=12, help="4096² micrographs for latency/throughput (0: skip)")
+    parser.add_argument(
+        "--big",
+        type=int,
+        default=30,
+        help="4096² micrographs for latency/throughput (0: skip; 30: a minute of arrivals)",
+    )
     parser.add_argument("--interval", type=float, default=2.0, help="seconds between 4096² micrographs")
     parser.add_argument("--batch", type=int, default=4, help="watch --batch for the 4096² run")
     parser.add_argument("--steps", default="ctf,micassess,pick", help="watch --steps for the 4096² run")
     parser.add_argument("--ctf-full", action="store_true", help="watch --ctf-full: cryoflow ctf's default settings")
-    parser.add_argument("--max-latency", type=float, default=4.0, help="watch --max-latency for the 4096² run")
+    parser.add_argument(
+        "--max-latency",
+        type=float,
+        default=0.0,
+        help="watch --max-latency for the 4096² run (0: a batch starts as soon as a worker is free)",
+    )
     parser.add_argument("--pool", help="folder of micrographs to copy (default: simulate 4 realistic ones)")
-    parser.add_argument("--work", help="working folder (default: a temporary one, removed)")
+    parser.add_argument("--work", help="folder to work in (default: the system's temporary folder)")
+    parser.add_argument("--keep", action="store_true", help="keep the working folder (journal, batches) for a look")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     figures: dict = {}
-    with tempfile.TemporaryDirectory(dir=args.work) as tmp:
+    if args.keep:
+        keep = tempfile.mkdtemp(prefix="bench_watch_", dir=args.work)
+        print(f"working folder (kept): {keep}")
+    with contextlib.nullcontext(keep) if args.keep else tempfile.TemporaryDirectory(dir=args.work) as tmp:
         if args.files:
             k = kill_check(Path(tmp) / "kill", args.files, args.rate, args.kills, seed=args.seed)
             figures["kill9"] = k
@@ -324,9 +385,16 @@ def main(argv: list[str] | None = None) -> dict:
             figures["latency"] = r
             print(
                 f"4096² every {args.interval:g} s on {r['cores']} cores: latency median {r['latency_s']['median']} s, "
-                f"max {r['latency_s']['max']} s (first half {r['latency_s']['first_half_median']}, second half "
-                f"{r['latency_s']['second_half_median']}); throughput {r['throughput_per_s']} micrographs/s; "
-                f"{r['missed']} missed, {r['duplicated']} twice; step s/micrograph {r['step_seconds_per_micrograph']}"
+                f"p90 {r['latency_s']['p90']} s, max {r['latency_s']['max']} s (first half "
+                f"{r['latency_s']['first_half_median']}, second half {r['latency_s']['second_half_median']}); "
+                f"after the start-up (the {r['steady_latency_s']['files']} files written once picking was fixed): "
+                f"median {r['steady_latency_s']['median']} s, p90 {r['steady_latency_s']['p90']} s, max "
+                f"{r['steady_latency_s']['max']} s; "
+                f"throughput {r['throughput_per_s']} micrographs/s; {r['missed']} missed, {r['duplicated']} twice; "
+                f"{r['batches']} batches, {r['refreshes']} refreshes; stages (median s after the last byte) "
+                f"{r['latency_stages_median_s']}; step wall s/micrograph {r['step_seconds_per_micrograph']}; "
+                f"CPU s/micrograph {r['step_cpu_seconds_per_micrograph']}; load average {r['load_average_start']} "
+                f"at the start, {r['load_average']} at the end"
             )
     return figures
 

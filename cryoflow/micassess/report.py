@@ -123,18 +123,9 @@ def write_report(out: Path, table: pd.DataFrame, rows, pred, smalls, threshold, 
             + ", ".join(f"{k} {v:.2f}" for k, v in val.get("recall_per_reason", {}).items())
             + ". See cryoflow/models/micassess.md (model card)."
         )
-    summary = {
-        "micrographs": n,
-        "good": n_good,
-        "rejected": n - n_good,
-        "good_without_ctf_fit": good_no_ctf,
-        "threshold": float(threshold),
-        "threshold_method": how,
-        "counts_per_reason": counts,
-        "seconds_per_micrograph": seconds / max(n, 1),
-        "model": {k: (model.meta or {}).get(k) for k in ("trained", "simulated_micrographs", "fine_tuned")},
-        "outputs": {"good": "micrographs_good.star", "rejected": "micrographs_rejected.star"},
-    }
+    from cryoflow.micassess.run import summarize
+
+    summary = summarize(rows, pred, threshold, how, model, seconds)
     report.write(out, summary=summary)
     return summary
 

@@ -137,12 +137,17 @@ def run_micassess(
     model: str | os.PathLike | MicAssessModel | None = None,
     device: torch.device | str = "cpu",
     images: str | os.PathLike | None = None,
+    report: bool = True,
+    loaded: dict[str, np.ndarray] | None = None,
 ) -> dict:
     """Assess the micrographs of a CTF-step STAR file and write the outputs into ``out``.
 
     ``threshold``: P(good) below which a micrograph is rejected; ``None``/``"auto"`` the
     model's calibrated 0.5, ``"knee"`` the emptiest point of this dataset's P(good)
-    histogram. ``out`` must not exist or be empty. Returns the summary.
+    histogram. ``out`` must not exist or be empty. Returns the summary. ``report``: False writes
+    ``summary.json`` without ``report.html`` and its figures (``cryoflow watch``). ``loaded``:
+    micrographs already read (``os.path.realpath`` of the file -> image, as ``run_ctf`` fills
+    it), used instead of reading those files again.
     """
     from cryoflow.io import StarTable, atomic_dir, find_image, read_micrograph, write_table
     from cryoflow.micassess.data import add_relative_thickness
@@ -183,7 +188,9 @@ def run_micassess(
     feats, tile_sets, spectra, smalls, bases = [], [], [], [], []
     for r, src in zip(progress(rows, desc="micassess", unit="mic"), sources, strict=True):
         path = find_image(str(r["rlnMicrographName"]), src, images, bases)
-        image, _ = read_micrograph(path, pixel_size=r["_apix"])
+        image = loaded.get(os.path.realpath(path)) if loaded else None
+        if image is None:
+            image, _ = read_micrograph(path, pixel_size=r["_apix"])
         inp = inputs_from_image(image, r["_apix"], device)
         feats.append(feature_vector(tabular_ctf(r, r["_apix"], r["_fitted"]), inp["stats"]))
         tile_sets.append(tiles(inp["cnn"].astype(np.float32)))
@@ -225,21 +232,49 @@ def run_micassess(
         write_table(
             tmp / "micrographs_rejected.star", StarTable(optics, table[~good].reset_index(drop=True), "micrographs")
         )
-        from cryoflow.micassess.report import write_report
+        if report:
+            from cryoflow.micassess.report import write_report
 
-        summary = write_report(
-            tmp,
-            table=table,
-            rows=rows,
-            pred=pred,
-            smalls=smalls,
-            threshold=t,
-            how=how,
-            model=model,
-            seconds=seconds,
-            device=device,
-        )
+            summary = write_report(
+                tmp,
+                table=table,
+                rows=rows,
+                pred=pred,
+                smalls=smalls,
+                threshold=t,
+                how=how,
+                model=model,
+                seconds=seconds,
+                device=device,
+            )
+        else:
+            from cryoflow.report.builder import write_summary
+
+            summary = {"step": "micassess", **summarize(rows, pred, t, how, model, seconds)}
+            write_summary(tmp / "summary.json", summary)
     return summary
+
+
+def summarize(
+    rows: list[dict], pred: Prediction, threshold: float, how: str, model: MicAssessModel, seconds: float
+) -> dict:
+    """The step's ``summary.json`` (written with or without the report)."""
+    n = len(rows)
+    reasons = list(pred.reason)
+    counts = {r: reasons.count(r) for r in REASONS}
+    good_no_ctf = int(sum(1 for r, row in zip(reasons, rows, strict=True) if r == "good" and not row["_fitted"]))
+    return {
+        "micrographs": n,
+        "good": counts["good"],
+        "rejected": n - counts["good"],
+        "good_without_ctf_fit": good_no_ctf,
+        "threshold": float(threshold),
+        "threshold_method": how,
+        "counts_per_reason": counts,
+        "seconds_per_micrograph": seconds / max(n, 1),
+        "model": {k: (model.meta or {}).get(k) for k in ("trained", "simulated_micrographs", "fine_tuned")},
+        "outputs": {"good": "micrographs_good.star", "rejected": "micrographs_rejected.star"},
+    }
 
 
 def counts_by_reason(reasons: list[str]) -> dict[str, int]:
