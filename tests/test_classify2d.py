@@ -235,3 +235,31 @@ def test_large_boxes_are_fourier_cropped(tmp_path):
     assert particles.pixel_size == pytest.approx(2.5)
     images = particles.read(np.arange(4))
     assert images.shape == (4, MAX_BOX, MAX_BOX) and np.isfinite(images).all()
+
+
+def test_neighbourhood_purity_counts_mirrored_neighbours_as_antipodal_views():
+    """The ASPIRE comparison's scoring: a mirrored neighbour shows the antipodal view."""
+    import pandas as pd
+
+    from cryoflow.classify2d.bench import group_purity
+
+    # particles 0-3: one view (rot 30°, tilt 60°); 4-5: the antipodal view; 6: another species; 7: junk
+    table = pd.DataFrame(
+        {
+            "cfSpecies": ["a"] * 6 + ["b", "junk"],
+            "cfIsJunk": [0] * 7 + [1],
+            "cfTrueRot": [30.0] * 4 + [210.0] * 2 + [30.0, np.nan],
+            "cfTrueTilt": [60.0] * 4 + [120.0] * 2 + [60.0, np.nan],
+            "cfTruePsi": [0.0] * 7 + [np.nan],
+        }
+    )
+    groups = np.array([[0, 1, 2, 3, 4, 5, 6, 7], [7, 0, 1, 2, 3, 4, 5, 6], [0, 1, 2, 3, 1, 4, 5, 6]])
+    mirrored = np.zeros(groups.shape, dtype=bool)
+    plain = group_purity(table, groups[:1], mirrored[:1])
+    assert plain["purity"] == pytest.approx(4 / 7)  # antipodal views and the other species are impure
+    mirrored[:, [4, 5]] = True  # particles 4 and 5 matched after mirroring
+    scored = group_purity(table, groups, mirrored)
+    assert scored["groups"] == 2  # the group of a junk particle is left out
+    # group 0: 6 of 7 good members pure; group 2: particle 1 twice (mirrored: antipodal, impure),
+    # 4 mirrored (pure), 5 plain (antipodal, impure), 6 other species: 5 of 8
+    assert scored["purity"] == pytest.approx((6 / 7 + 5 / 8) / 2)

@@ -50,17 +50,44 @@ Small matrix multiplies collapse with 2 threads on a busy machine (2 vs 59 GFLOP
 1 thread), so ``--threads`` is offered and the benchmark reports CPU time beside wall time.
 
 Result (``cryoflow bench classify2d --threads 1``, 20,000 particles, box 64, K = 50, 25
-iterations, one thread of a shared 2-core machine): 184 s wall / 160 s CPU, peak RSS 1.7 GB;
-purity 0.978, in-plane angle error median 1.3° (93% within 5°), half-set resolution of the
-largest classes 1.09x (median) that of averages built with the true poses. 5k / 20k / 80k
-particles: 109 / 160 / 471 s CPU, 1.6 / 1.7 / 2.1 GB.
+iterations, one thread of a shared 2-core machine): 184 s wall / 169 s CPU, peak RSS 1.03 GB;
+purity 0.981, in-plane angle error median 1.3° (93% within 5°), half-set resolution of the
+largest classes 1.12x (median) that of averages built with the true poses. 5k / 20k / 80k
+particles: 101 / 169 / 436 s CPU, peak RSS 1.04 / 1.03 / 1.09 GB.
+
+Memory (the benchmark samples /proc every 50 ms and splits peak RSS into anonymous memory,
+the heap and tensors a run needs, and file-backed pages, shared libraries and mapped stack
+pages the kernel can drop): the file-backed part is ~155 MB at any N (stacks are opened
+memory-mapped per batch and closed, so their pages do not pile up). The anonymous peak was
+1.41 / 1.51 / 1.63 GB at 5k / 20k / 80k particles (1 thread). What grew was not
+per-particle state but (1) the cache of basis matrices of every resolution limit a run had
+passed through (~80 MB per stage near Nyquist; more particles reach finer limits, so more
+and larger stages): now only the last two are kept; (2) heap blocks freed by the E-step
+and left resident by glibc: trimmed after every batch of 1,024 particles. The last
+iteration also no longer builds the references and sums of the full translation grid
+when every particle searches locally, the E-step no longer copies each batch's
+coefficients in rotated form, and the coarse class search runs in pieces of ~550
+particles. After these changes: anonymous peak 0.90 / 0.89 / 0.95 GB at 5k / 20k / 80k
+(total peak RSS 1.04 / 1.03 / 1.09 GB; it was 1.55 / 1.70 / 1.77 GB before).
+
+Side by side with ASPIRE 0.14.3's class averaging (``--aspire``; the same simulated stack,
+one thread each, ASPIRE given phase-flipped images; purity of a neighbourhood scored as
+that of a class, a mirrored neighbour counted with its antipodal view, see
+:func:`~cryoflow.classify2d.bench.group_purity`): 5,000 particles, K = 50 against
+neighbourhoods of 100 (the same mean group size): classify2d 145 s CPU, purity 0.976;
+ASPIRE 33 s CPU to classify + 17 s CPU for 50 averages, purity 0.282 (0.349 with its
+default 50 neighbours, 0.532 with 10; random groups of 100: 0.112); its default class
+selection averages all 5,000 neighbourhoods first (~1,770 s CPU, extrapolated). 20,000
+particles, K = 50 against 400: classify2d 216 s CPU, purity 0.956; ASPIRE 226 s CPU to
+classify and make 50 averages, purity 0.367 (0.566 with 50 neighbours, 0.686 with 10;
+random groups: 0.089). ASPIRE's rotation-invariant features (bispectrum of a steerable
+PCA) are fast but do not find same-view neighbours at these SNRs (0.03-0.08).
 
 CTF and noise: the particle side is multiplied by its own CTF (exact, astigmatism
 included) before entering the basis, so references stay CTF-free; the norm term uses the
 ring-averaged CTF². Class averages are Wiener filtered (``Σ CTF·x / (Σ CTF² + σ²/τ²)``,
 τ² twice the class's signal power, as RELION's T = 2), noise σ² per ring is re-estimated
-each iteration from the expected residual power. Tensors are float32; stacks are opened
-memory-mapped per batch and closed, so memory stays flat in N.
+each iteration from the expected residual power. Tensors are float32.
 """
 
 from cryoflow.classify2d.run import Settings, run_classify2d

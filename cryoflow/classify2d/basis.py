@@ -130,7 +130,7 @@ class PolarBasis:
         self.order = torch.tensor(order_of, device=self.device)
         self.prefix = [int((self.ring <= jj).sum()) for jj in range(self.n_rings)]  # C for J = jj
         self._a_re, self._a_im = self._analysis_matrix(xx.flatten()[inside.flatten()], yy.flatten()[inside.flatten()])
-        self._stages: dict[int, Stage] = {}
+        self._stages: dict[int, Stage] = {}  # the most recently used stages (see stage())
 
     def _analysis_matrix(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Exact DFT at polar points, angular FFT: ``(C, P)`` real and imaginary parts (float32)."""
@@ -171,11 +171,19 @@ class PolarBasis:
             self._synthesis = torch.cholesky_solve(aw, chol).T.contiguous()  # (2C, P)
         return self._synthesis
 
+    #: stages kept in the cache. Each holds a pixels -> coefficients and a coefficients ->
+    #: pixels matrix, ~80 MB at Nyquist for box 64; a run moves through ~15 resolution limits,
+    #: and keeping them all made the memory of a run grow with how far its resolution got.
+    STAGES_KEPT = 2
+
     def stage(self, J: int) -> Stage:
-        """Matrices for rings ``0..J`` (cached)."""
+        """Matrices for rings ``0..J`` (the last :attr:`STAGES_KEPT` used are cached)."""
         J = int(min(max(J, 1), self.n_rings - 1))
         if J in self._stages:
+            self._stages[J] = self._stages.pop(J)  # most recently used last
             return self._stages[J]
+        while len(self._stages) >= self.STAGES_KEPT:
+            del self._stages[next(iter(self._stages))]
         C, C_full = self.prefix[J], self.prefix[-1]
         a = torch.cat([self._a_re[:C], self._a_im[:C]])  # (2C, P)
         full = self._full_synthesis()

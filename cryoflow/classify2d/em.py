@@ -55,16 +55,19 @@ class References:
     """Everything the E-step needs about the current classes at one resolution stage.
 
     ``coeffs`` ``(KT, 2C)`` masked coefficients of shifted references (unweighted);
-    ``weighted`` ``(M+1, 2(J+1), 2KT)`` the matrix ``[[p, -q], [q, p]]`` of ``ω``-weighted
-    coefficients; ``power`` ``(KT, J+1)`` ``ω``-weighted ring powers ``ω_j P_kt(j)``;
-    ``by_class`` ``(K, M+1, 2(J+1), 2T)`` the same columns grouped per class (contiguous);
-    ``coarse_shifts`` indices of the translations the coarse class search uses;
-    ``log_prior`` ``(KT,)``; ``score`` / ``back`` rotation tables; ``K``, ``T``, ``A``.
+    ``by_class`` ``(K, M+1, 2(J+1), 2T)`` per class the matrix ``[[p, -q], [q, p]]`` of
+    ``ω``-weighted coefficients (rows: Re and Im of a particle's coefficient over j;
+    columns: the T translations' Re and Im parts); ``coarse`` ``(m_c+1, 2(J+1), 2 K T_c)``
+    its orders ``m <= m_c`` at the ``T_c`` translations of ``coarse_shifts`` for all
+    classes (columns: Re parts of every (class, translation), then Im parts), what the
+    coarse class search multiplies by; ``power`` ``(KT, J+1)`` ``ω``-weighted ring powers
+    ``ω_j P_kt(j)``; ``log_prior`` ``(KT,)``; ``score`` / ``back`` rotation tables; ``K``,
+    ``T``, ``A``.
     """
 
     coeffs: torch.Tensor
-    weighted: torch.Tensor
     by_class: torch.Tensor
+    coarse: torch.Tensor
     coarse_shifts: torch.Tensor
     power: torch.Tensor
     log_prior: torch.Tensor
@@ -94,32 +97,45 @@ def build_references(
     log_pi: torch.Tensor,
     shift_sigma: float,
     n_angles: int,
+    coarse_m: int = 16,
 ) -> References:
     """References for the E-step from class images ``(K, B, B)`` (real space, centred).
 
     ``sigma2`` ``(R,)`` noise power per ring (per full-plane frequency); ``log_pi`` ``(K,)``;
-    ``shift_sigma`` pixels (Gaussian prior on translations); ``n_angles`` rotations.
+    ``shift_sigma`` pixels (Gaussian prior on translations); ``n_angles`` rotations;
+    ``coarse_m`` the highest order of the coarse class search (:func:`_coarse_classes`).
+    The matrices are written in place, once each: at Nyquist with K = 50 and 37
+    translations ``by_class`` alone is ~100 MB.
     """
     K, T, J = images.shape[0], shifts.shape[0], stage.J
+    M1, J1 = stage.M + 1, J + 1
     shifted = shift_images(images, shifts).reshape(K * T, basis.box, basis.box)
     coeffs = basis.pixels_of(shifted) @ stage.analysis  # (KT, 2C)
-    omega = basis.ring_counts[: J + 1] / sigma2[: J + 1]  # (J+1,)
-    padded = to_padded(coeffs, stage)  # (M+1, KT, 2(J+1))
-    p = padded[..., : J + 1] * omega
-    q = padded[..., J + 1 :] * omega
-    top = torch.cat([p, -q], dim=1)  # rows multiply Re c: (M+1, 2KT, J+1)
-    bottom = torch.cat([q, p], dim=1)  # rows multiply Im c
-    weighted = torch.cat([top, bottom], dim=2).transpose(1, 2).contiguous()  # (M+1, 2(J+1), 2KT)
-    power = ring_power(coeffs, stage, J + 1) * omega  # (KT, J+1)
+    del shifted
+    omega = basis.ring_counts[:J1] / sigma2[:J1]  # (J+1,)
+    padded = to_padded(coeffs, stage).view(M1, K, T, 2, J1)  # [Re c | Im c] over j
+    p = (padded[..., 0, :] * omega).permute(1, 0, 3, 2)  # (K, M+1, J+1, T)
+    q = (padded[..., 1, :] * omega).permute(1, 0, 3, 2)
+    del padded
+    # rows [Re c (J+1) | Im c (J+1)] of a particle, columns [Re part (T) | Im part (T)]
+    by_class = coeffs.new_empty(K, M1, 2, J1, 2, T)
+    by_class[:, :, 0, :, 0] = p
+    by_class[:, :, 0, :, 1] = -q
+    by_class[:, :, 1, :, 0] = q
+    by_class[:, :, 1, :, 1] = p
+    del p, q
+    power = ring_power(coeffs, stage, J1) * omega  # (KT, J+1)
     log_pt = -(shifts**2).sum(1) / (2 * shift_sigma**2)
     log_pt = log_pt - torch.logsumexp(log_pt, 0)
     log_prior = (log_pi[:, None] + log_pt[None, :]).reshape(K * T)
     score, back = rotation_tables(stage.M, n_angles, images.device)
-    M1 = stage.M + 1
-    by_class = weighted.view(M1, 2 * (J + 1), 2, K, T).permute(3, 0, 1, 2, 4).reshape(K, M1, 2 * (J + 1), 2 * T)
     even = ((shifts.round().long() % 2) == 0).all(1)
-    coarse = torch.nonzero(even).squeeze(1) if T > 9 else torch.arange(T, device=shifts.device)
-    return References(coeffs, weighted, by_class.contiguous(), coarse, power, log_prior, score, back, K, T, n_angles)
+    sub = torch.nonzero(even).squeeze(1) if T > 9 else torch.arange(T, device=shifts.device)
+    mc1 = min(coarse_m, stage.M) + 1
+    coarse = by_class.view(K, M1, 2 * J1, 2, T)[:, :mc1, :, :, sub].permute(1, 2, 3, 0, 4)
+    coarse = coarse.reshape(mc1, 2 * J1, 2 * K * sub.numel())
+    by_class = by_class.view(K, M1, 2 * J1, 2 * T)
+    return References(coeffs, by_class, coarse, sub, power, log_prior, score, back, K, T, n_angles)
 
 
 @dataclass
@@ -178,18 +194,24 @@ def _coarse_classes(
     degrees, sampled at ``2 (coarse_m + 1)`` angles) and ranks classes by the log-sum over
     translations of the best coarse angle: RELION's adaptive oversampling idea, as two
     small matmuls. ``padded`` ``(M+1, b, 2(J+1))``; ``offset`` ``(b, KT)`` prior minus norm.
+    Particles go through in pieces of ``piece``: the scores of a piece take ``piece · 2K·T_c ·
+    2(m_c+1)`` floats (three copies of ~60 MB for 1,024 particles at K = 50).
     """
     b, K, T = padded.shape[1], refs.K, refs.T
-    mc = min(coarse_m, padded.shape[0] - 1)
+    mc = min(coarse_m, padded.shape[0] - 1, refs.coarse.shape[0] - 1)
     sub = refs.coarse_shifts  # translations on a 2-pixel lattice (all of a small grid)
     Tc = sub.numel()
     cols = (torch.arange(K, device=padded.device)[:, None] * T + sub[None, :]).reshape(-1)  # (K·Tc,)
-    weighted = refs.weighted[: mc + 1][:, :, torch.cat([cols, K * T + cols])]  # (mc+1, 2J1, 2K·Tc)
-    h = torch.bmm(padded[: mc + 1], weighted)  # (mc+1, b, 2K·Tc)
-    h = h.view(mc + 1, b, 2, K * Tc).permute(1, 3, 2, 0).reshape(b, K * Tc, 2 * (mc + 1))
     table, _ = rotation_tables(mc, max(8, 2 * (mc + 1)), padded.device)
-    best = (h @ table).amax(2) + offset[:, cols]  # (b, K·Tc)
-    return torch.logsumexp(best.view(b, K, Tc), 2).topk(keep, dim=1).indices
+    piece = max(16, int(2**23 // (2 * K * Tc * (mc + 1))))  # ~32 MB of scores at a time
+    out = []
+    for s0 in range(0, b, piece):
+        n = min(piece, b - s0)
+        h = torch.bmm(padded[: mc + 1, s0 : s0 + n], refs.coarse[: mc + 1])  # (mc+1, n, 2K·Tc)
+        h = h.view(mc + 1, n, 2, K * Tc).permute(1, 3, 2, 0).reshape(n, K * Tc, 2 * (mc + 1))
+        best = (h @ table).amax(2) + offset[s0 : s0 + n, cols]  # (n, K·Tc)
+        out.append(torch.logsumexp(best.view(n, K, Tc), 2).topk(keep, dim=1).indices)
+    return torch.cat(out)
 
 
 def expectation(
@@ -217,6 +239,7 @@ def expectation(
     """
     b, K, T, A = coeffs.shape[0], refs.K, refs.T, refs.A
     M1, J1 = stage.M + 1, stage.J + 1
+    piece = 256  # particles per matmul of one class: bounds the per-class temporaries
     dev = coeffs.device
     rows = torch.arange(b, device=dev)
     # halves contiguous: particles of half 0 first (the M-step sums are per half)
@@ -231,37 +254,39 @@ def expectation(
         L = 1
         post = torch.zeros(b, 1, T, A, device=dev)
         post[rows, 0, 0, forced[:, 1]] = 1.0
-        logp = None
+        best = post.view(b, -1).argmax(1)
+        slot_best, t_best, a = best // (T * A), (best // A) % T, best % A
+        delta = torch.zeros(b, device=dev)
         p_max = torch.ones(b, device=dev)
         loglik = torch.zeros(b, device=dev)
     else:
         L = min(keep, K)
         cand = _coarse_classes(padded, refs, offset, L, coarse_m) if K > L else torch.arange(K, device=dev).expand(b, K)
-        logp = torch.full((b, L, T, A), -torch.inf, device=dev)
+        del padded
+        post = torch.full((b, L, T, A), -torch.inf, device=dev)  # the log posterior first, in place below
         for k in torch.unique(cand).tolist():
-            who, slot = torch.nonzero(cand == k, as_tuple=True)
-            h = torch.bmm(rows_first[who].transpose(0, 1), refs.by_class[k])  # (M+1, n, 2T)
-            h = h.view(M1, -1, 2, T).permute(1, 3, 2, 0).reshape(-1, T, 2 * M1)
-            logp[who, slot] = h @ refs.score + offset[who, k * T : (k + 1) * T, None]
-        mx = logp.view(b, -1).amax(1)
-        post = torch.exp(logp - mx[:, None, None, None])
+            who_k, slot_k = torch.nonzero(cand == k, as_tuple=True)
+            for p0 in range(0, who_k.numel(), piece):  # pieces: a class may be a candidate of every particle
+                who, slot = who_k[p0 : p0 + piece], slot_k[p0 : p0 + piece]
+                h = torch.bmm(rows_first[who].transpose(0, 1), refs.by_class[k])  # (M+1, n, 2T)
+                h = h.view(M1, -1, 2, T).permute(1, 3, 2, 0).reshape(-1, T, 2 * M1)
+                post[who, slot] = h @ refs.score + offset[who, k * T : (k + 1) * T, None]
+        mx, best = post.view(b, -1).max(1)
+        slot_best, t_best, a = best // (T * A), (best // A) % T, best % A
+        # refine the angle by a parabola through the log posterior at a-1, a, a+1
+        l0 = post[rows, slot_best, t_best, a]
+        lm = post[rows, slot_best, t_best, (a - 1) % A]
+        lp = post[rows, slot_best, t_best, (a + 1) % A]
+        denom = lm - 2 * l0 + lp
+        delta = torch.where(denom < -1e-6, 0.5 * (lm - lp) / denom, torch.zeros_like(denom)).clamp(-0.5, 0.5)
+        post.sub_(mx[:, None, None, None]).exp_()
         total = post.view(b, -1).sum(1)
         post /= total[:, None, None, None]
         p_max = 1.0 / total
         quad = 0.5 * (power[:, :J1] / sigma2[:J1]).sum(1)
         loglik = mx + torch.log(total) - quad - math.log(A)
-    best = post.view(b, -1).argmax(1)
-    slot_best, t_best, a = best // (T * A), (best // A) % T, best % A
     klass = cand.gather(1, slot_best[:, None]).squeeze(1)
     step = 2 * math.pi / A
-    if logp is not None:  # refine the angle by a parabola through the log posterior at a-1, a, a+1
-        l0 = logp[rows, slot_best, t_best, a]
-        lm = logp[rows, slot_best, t_best, (a - 1) % A]
-        lp = logp[rows, slot_best, t_best, (a + 1) % A]
-        denom = lm - 2 * l0 + lp
-        delta = torch.where(denom < -1e-6, 0.5 * (lm - lp) / denom, torch.zeros_like(denom)).clamp(-0.5, 0.5)
-    else:
-        delta = torch.zeros(b, device=dev)
     angle = (a.float() + delta) * step
     # spreads within the best class
     in_class = post[rows, slot_best]  # (b, T, A)
@@ -274,25 +299,24 @@ def expectation(
     resultant = torch.sqrt((p_a @ torch.cos(alphas)) ** 2 + (p_a @ torch.sin(alphas)) ** 2).clamp(1e-12, 1.0)
     angle_sd = torch.sqrt(-2 * torch.log(resultant))
     if acc is not None:
-        both = torch.stack([rows_first, torch.cat([-rows_first[..., J1:], rows_first[..., :J1]], dim=2)], 1)
-        # both: (b, 2, M+1, 2(J+1)): [Re, Im] and [-Im, Re] rows of every particle
         p_slot = post.sum(3)  # (b, L, T)
         for k in torch.unique(cand).tolist():
-            who, slot = torch.nonzero(cand == k, as_tuple=True)  # who sorted: half 0 first
-            pk = post[who, slot]  # (n, T, A)
-            n = who.numel()
-            z = (pk.reshape(n * T, A) @ refs.back).view(n, T, 2, M1)
-            n0 = int((half[who] == 0).sum())
+            who_k, slot_k = torch.nonzero(cand == k, as_tuple=True)  # who sorted: half 0 first
+            n0 = int((half[who_k] == 0).sum())
             cols = slice(k * T, (k + 1) * T)
-            for h_, (lo, hi) in enumerate(((0, n0), (n0, n))):
-                if hi <= lo:
-                    continue
-                zh = z[lo:hi].permute(3, 1, 2, 0).reshape(M1, T, 2 * (hi - lo))
-                sel = who[lo:hi]
-                dh = both[sel].permute(2, 1, 0, 3).reshape(M1, 2 * (hi - lo), 2 * J1)  # (M+1, 2n_h, 2(J+1))
-                acc.num[h_][:, cols] += torch.bmm(zh, dh)
-                acc.ctf2[h_][cols] += p_slot[sel, slot[lo:hi]].T @ ctf2[sel, :J1]
-            acc.weight[k] += pk.sum()
+            for h_, (lo, hi) in enumerate(((0, n0), (n0, who_k.numel()))):
+                for p0 in range(lo, hi, piece):
+                    who, slot = who_k[p0 : min(hi, p0 + piece)], slot_k[p0 : min(hi, p0 + piece)]
+                    n = who.numel()
+                    pk = post[who, slot]  # (n, T, A)
+                    z = (pk.reshape(n * T, A) @ refs.back).view(n, T, 2, M1)
+                    # Σ_i z_i0 [Re, Im]_i + z_i1 [-Im, Re]_i: one matmul with the particles' rows, then
+                    # the second part's halves swapped (no copy of the particles in the rotated form)
+                    zh = z.permute(3, 2, 1, 0).reshape(M1, 2 * T, n)
+                    r = torch.bmm(zh, rows_first[who].transpose(0, 1)).view(M1, 2, T, 2 * J1)
+                    acc.num[h_][:, cols] += r[:, 0] + torch.cat([-r[:, 1, :, J1:], r[:, 1, :, :J1]], dim=2)
+                    acc.ctf2[h_][cols] += p_slot[who, slot].T @ ctf2[who, :J1]
+                    acc.weight[k] += pk.sum()
         acc.power += power.sum(0)
         acc.n += b
         acc.loglik += float(loglik.sum())

