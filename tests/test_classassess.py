@@ -173,6 +173,12 @@ def test_overrides_floors_and_threshold(classified, tmp_path, cli):
     # a floor keeps the best classes when nothing passes
     sel = select(np.array([0.1, 0.3, 0.2]), np.array([100.0, 50, 50]), min_score=0.9)
     assert sel.keep.tolist() == [False, True, False] and sel.notes
+    # a class no particle ended in is rejected however good its average looks, and no floor adds it
+    sel = select(np.array([0.9, 0.95, 0.2]), np.array([100.0, 0, 50]))
+    assert sel.keep.tolist() == [True, False, False] and sel.decision[1] == "rejected (no particles)"
+    assert select(np.array([0.1, 0.95]), np.array([10.0, 0]), min_score=0.9).keep.tolist() == [True, False]
+    # bare stacks (counts unknown) are judged on their images alone
+    assert select(np.array([0.9, 0.1]), np.array([np.nan, np.nan])).keep.tolist() == [True, False]
     # the adaptive threshold sits in the gap of a bimodal distribution
     p = np.r_[np.full(10, 0.05), np.full(10, 0.68), np.full(3, 0.3)]
     t = adaptive_threshold(p, np.ones(len(p)))
@@ -233,3 +239,29 @@ def test_training_smoke_run_learns_from_truth_and_decisions(classified, assessed
     assert r.code == 0, r.err
     r = cli("classassess", "train", "--out", tmp_path / "x.pt", "--datasets", "0", "--labels", c2d)
     assert r.code == 2 and "at least 2" in r.err
+
+
+def test_every_class_rejected_gives_an_empty_clean_stack(classified, tmp_path, cli):
+    """A user who rejects every class gets a pass-through particle model and an empty clean
+    stack with a yield of 0 per micrograph (what feedback needs), not an error."""
+    from cryoflow.io import read_table
+
+    _, stack, c2d = classified
+    r = cli("classassess", "--classes", c2d, "--out", tmp_path / "ca", "--reject", "1-12")
+    assert r.code == 0, r.err
+    ca = tmp_path / "ca"
+    r = cli("particles", "train", "--selected", ca / "particles_selected.star",
+            "--rejected", ca / "particles_rejected.star", "--out", tmp_path / "pm")  # fmt: skip
+    assert r.code == 0, r.err
+    r = cli("particles", "score", "--particles", ca / "particles_selected.star",
+            "--rejected", ca / "particles_rejected.star", "--model", tmp_path / "pm" / "particle_model.pt",
+            "--out", tmp_path / "ps")  # fmt: skip
+    assert r.code == 0, r.err
+    out = tmp_path / "ps"
+    assert len(read_table(out / "particles_clean.star", "particles").table) == 0
+    assert len(read_table(out / "particles_rejected.star", "particles").table) == 1500
+    yields = read_table(out / "micrographs_yield.star", "micrographs").table
+    assert yields["cfPicks"].sum() == 1500 and (yields["cfGoodParticles"] == 0).all()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["particles_kept"] == 0 and summary["passed_through"]
+

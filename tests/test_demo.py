@@ -247,7 +247,8 @@ def test_demo_runs_the_workflow_and_resumes(demo_run, capsys):
         assert 0 < clean["particles_kept"] <= clean["particles_in"]
     else:
         assert model["reason"] and clean["passed_through"] and clean["rescued"] is None
-        assert clean["particles_kept"] == clean["particles_in"] == classassess["particles_kept"]
+        assert clean["particles_kept"] == classassess["particles_kept"]  # those of rejected classes stay out
+        assert clean["particles_in"] == classify2d["particles"]
     clean_star = (run / "particles" / "particles_clean.star").read_text()
     assert clean_star.count("@CleanParticles/") == clean["particles_kept"]
     assert (run / "particles" / "particles_clean.cs").stat().st_size > 0

@@ -212,3 +212,34 @@ def test_particle_yield_reaches_the_squares(cli, run_dir, grid_plan, tmp_path):
     assert validate(doc) == []
     per = {s["square"]: s["good_particles_per_micrograph"] for s in doc["squares"]}
     assert min(per[s] for s, g in good.items() if g) > max(per[s] for s, g in good.items() if not g)
+
+
+def test_micrographs_without_a_location_are_counted_not_placed(cli, run_dir, tmp_path):
+    """Plain names (no EPU/Leginon pattern, no CSV/mdoc/nav) do not stop feedback: they form the
+    square "unplaced", count for the grid, and the placed squares are planned as before."""
+    import re
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    shutil.rmtree(run / "simulate" / "truth")  # the simulated stage positions would place them
+    renamed = 0
+    for star in (run / "micassess").glob("*.star"):
+        text = star.read_text()
+        # every third micrograph of the good table loses its EPU name
+        lines = text.splitlines()
+        for i, line in enumerate(lines):
+            if "FoilHole_" in line and i % 3 == 0:
+                lines[i] = re.sub(r"\S*FoilHole_(\d+)_Data\S*\.mrc", r"plain/mic_\1.mrc", line)
+                renamed += 1
+        star.write_text("\n".join(lines) + "\n")
+    assert renamed
+    r = cli("feedback", "--run", run, "--out", tmp_path / "fb", "--budget", "1")
+    assert r.code == 0, r.err
+    doc = json.loads((tmp_path / "fb" / "feedback.json").read_text())
+    assert validate(doc) == []
+    assert str(renamed) in doc["sources"]["unplaced"]
+    squares = {s["square"]: s for s in doc["squares"]}
+    assert squares["unplaced"]["micrographs"] == renamed and squares["unplaced"]["holes_planned"] == 0
+    assert doc["grid"]["micrographs"] == sum(s["micrographs"] for s in doc["squares"])
+    assert len(doc["plan"]) and all(p["square"] != "unplaced" for p in doc["plan"])

@@ -9,7 +9,9 @@ sitting in a gap between the good and the bad mode is not decided by a hair. Wit
 Floors: at least ``min_classes`` classes and ``min_particles`` of the particles are kept
 (the best-scoring classes are added until both hold; a run that would keep nothing is a
 run whose model disagrees with the data, and the report says so). Overrides: ``keep``
-and ``reject`` class numbers win over everything.
+and ``reject`` class numbers win over everything. A class that no particle ended in (the
+counts are known and zero) is rejected whatever its average looks like: it has nothing to
+keep, and its average is an artefact of the last iteration (or a re-seeded class).
 """
 
 from __future__ import annotations
@@ -89,16 +91,17 @@ def select(
         threshold, source = float(min_score), "given (--min-score)"
     else:
         threshold, source = adaptive_threshold(p, counts), "adaptive (emptiest score near 0.5)"
-    chosen = p >= threshold
-    decision = ["kept" if c else "rejected" for c in chosen]
-    notes = []
     w = np.where(np.isfinite(counts), counts, 1.0)
+    empty = w <= 0
+    chosen = (p >= threshold) & ~empty
+    decision = ["rejected (no particles)" if e else "kept" if c else "rejected" for c, e in zip(chosen, empty, strict=True)]
+    notes = []
     order = np.argsort(-p)
     for i in order:
         enough = chosen.sum() >= min(min_classes, k) and w[chosen].sum() >= min_particles * w.sum()
         if enough:
             break
-        if not chosen[i] and (i + 1) not in reject:
+        if not chosen[i] and not empty[i] and (i + 1) not in reject:
             chosen[i] = True
             decision[i] = "kept (floor)"
     if any(d == "kept (floor)" for d in decision):

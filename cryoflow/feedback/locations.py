@@ -18,6 +18,12 @@ Targets (holes that may be acquired, imaged or not) come from the navigator's po
 a targets CSV (``--targets``: ``square``, ``hole``, ``x_um``, ``y_um``, optional ``grid``),
 or, for a simulated run, the foil lattice of each square (``RUN/simulate/dataset.json``).
 Without any of these the imaged holes are the only targets.
+
+A micrograph that no source places (a plain name like ``mic_0001.mrc`` and no CSV, mdoc or
+navigator) is not an error: it goes to the square :data:`UNPLACED`, as a hole of its own,
+so its scores still count for the grid and the report, and ``sources["unplaced"]`` says
+how many there were and how to place them. That square is never planned (all its holes
+are imaged) and its decision reads "unknown location".
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from cryoflow.feedback.names import micrograph_key, parse_name
 from cryoflow.feedback.navigator import Navigator
 
 COLUMNS = ("grid", "square", "hole", "x_um", "y_um")
+UNPLACED = "unplaced"  # the square of micrographs no source could place
 
 
 @dataclass
@@ -219,7 +226,7 @@ def locate(
 ) -> Layout:
     """Locate every micrograph of ``scores`` (``key``, ``name``) and list the grid's targets.
 
-    Raises :class:`CryoflowError` naming the first micrograph no source could place in a square.
+    Micrographs no source places go to the square :data:`UNPLACED` (see the module doc).
     """
     df = _blank(scores["key"])
     sources: dict[str, str] = {}
@@ -276,13 +283,14 @@ def locate(
     if sim is not None:
         _fill(df, sim, COLUMNS)
     df["grid"] = df["grid"].replace("", "1")
-    missing = df[(df["square"] == "") | (df["hole"] == "")]
-    if len(missing):
-        name = scores.loc[missing.index[0], "name"]
-        raise CryoflowError(
-            name,
-            "no location found (not an EPU or Leginon name, not in --locations, --mdoc or --nav); "
-            f"{len(missing)} micrograph(s) unplaced",
+    missing = (df["square"] == "") | (df["hole"] == "")
+    if missing.any():
+        df.loc[missing, "square"] = UNPLACED
+        df.loc[missing, "hole"] = df.loc[missing, "key"].astype(str)
+        first = scores.loc[missing[missing].index[0], "name"]
+        sources["unplaced"] = (
+            f"{int(missing.sum())} micrograph(s) with no location (e.g. {Path(str(first)).name}: not an EPU or "
+            "Leginon name, not in --locations, --mdoc or --nav); counted for the grid, not placed on it"
         )
     if targets is None and targets_csv:
         targets, squares = _targets_csv(targets_csv)

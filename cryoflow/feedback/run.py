@@ -24,7 +24,7 @@ import pandas as pd
 
 from cryoflow.errors import CryoflowError
 from cryoflow.feedback.aggregate import per_grid, per_hole, per_micrograph, per_square
-from cryoflow.feedback.locations import locate
+from cryoflow.feedback.locations import UNPLACED, locate
 from cryoflow.feedback.planner import Costs, PlanState, best_visit
 from cryoflow.feedback.schema import HOLE, PLAN, SCHEMA, SQUARE
 from cryoflow.feedback.scores import read_scores
@@ -60,7 +60,9 @@ def _square_table(
         row["holes_remaining"] = remaining
         row["holes_planned"] = planned
         row["expected_good_per_min"] = round(60 * rate, 3)
-        if remaining == 0:
+        if s == UNPLACED:
+            row["decision"], row["reason"] = "done", "micrographs with no location: counted for the grid, not placed"
+        elif remaining == 0:
             row["decision"], row["reason"] = "done", "no target left"
         elif planned:
             row["decision"] = "continue"
@@ -147,7 +149,8 @@ def run_feedback(
     for s, h, q in zip(holes["square"], holes["hole"], holes["quality"], strict=True):
         state.observe(index[(s, h)], q, refresh=False)
     state.refresh()
-    current = str(mics["square"].iloc[-1])
+    placed = mics["square"][mics["square"] != UNPLACED]
+    current = str(placed.iloc[-1]) if len(placed) else UNPLACED  # where the stage is now
     rate_star = state.long_run_rate()
     plan = state.plan(current, budget_s)
     squares = _square_table(state, layout.squares, seen_squares, plan, rate_star, current)

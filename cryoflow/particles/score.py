@@ -14,7 +14,10 @@ precision; in a dataset with good classes rejected, 0.64 -> 0.70). Writes into `
 - ``particles_clean.star``: the kept particles (input columns + ``cfParticleScore``), their
   images copied into ``CleanParticles/<stack>.mrcs`` (only the kept ones, so the stack is
   self-contained for RELION 3D or cryoSPARC); ``particles_clean.cs`` (cryoSPARC);
-- ``particles_rejected.star``: the others (their original images, names rebased);
+- ``particles_rejected.star``: the others (their original images, names rebased); with a
+  pass-through model (``particles train`` had no kept or no rejected particles) every
+  particle of ``particles`` is kept unscored and those of ``rescue`` stay rejected; an empty
+  ``particles`` (no class kept) gives an empty clean stack, not an error, and a yield of 0;
 - ``micrographs_yield.star``: per micrograph the picks, the good particles, their share
   and the mean score: the micrograph-level yield that acquisition feedback uses;
 - ``summary.json``, ``report.html``.
@@ -79,9 +82,11 @@ def _micrograph_shapes(table: pd.DataFrame, star: Path) -> tuple[dict, str]:
     return shapes, note
 
 
-def _score_set(ps, pm: ParticleModel, threshold: float, folder: Path, used: set, device) -> tuple:
+def _score_set(ps, pm: ParticleModel, threshold: float, folder: Path, used: set, device, passed: bool = True) -> tuple:
     """Score the particle set ``ps``; the kept images go into ``folder/STACKS`` (one stack per
-    input stack, names made unique in ``used``). Returns ``(score, keep, new_names, seconds)``."""
+    input stack, names made unique in ``used``). Returns ``(score, keep, new_names, seconds)``.
+    A pass-through model scores nothing (NaN): every particle is kept when ``passed``, none
+    otherwise (then no image is read)."""
     from cryoflow.io import open_stack, write_mrc
 
     n = len(ps)
@@ -89,6 +94,8 @@ def _score_set(ps, pm: ParticleModel, threshold: float, folder: Path, used: set,
     new_names = np.array([""] * n, dtype=object)
     apix = ps.pixel_size * ps.box / (ps.stack_box or ps.box)
     seconds = 0.0
+    if not pm.trained and not passed:
+        return np.full(n, np.nan), keep, new_names, seconds
     for f, path in enumerate(ps.files):
         rows = np.flatnonzero(ps.file_index == f)
         slices = ps.slice_index[rows]
@@ -126,7 +133,7 @@ def score_particles(
     """Score ``particles`` (and ``rescue``) with ``model`` into ``out`` (see the module doc);
     returns the summary."""
     from cryoflow.classify2d.data import read_particles
-    from cryoflow.io import StarTable, atomic_dir, rebase_image_names, write_blocks, write_table
+    from cryoflow.io import StarTable, atomic_dir, read_table, rebase_image_names, write_blocks, write_table
     from cryoflow.picking.cryosparc import particles_cs, write_cs
 
     out = Path(out)
@@ -142,9 +149,14 @@ def score_particles(
             raise CryoflowError(None, f"{name} must be within 0-1, got {value}")
     t0 = time.perf_counter()
     images = Path(images) if images else None
-    sets = [(read_particles(particles, images), threshold)]
-    if rescue and pm.trained:  # a pass-through model cannot tell which rejected particles are good
-        sets.append((read_particles(rescue, images), rescue_threshold))
+    # (set, threshold, kept when the model passes everything through, is the rescue set);
+    # an empty STAR file (classassess kept no class) is skipped: the rescue set may still hold particles
+    sets = []
+    for path, thr, passed in ((particles, threshold, True), (rescue, rescue_threshold, False)):
+        if path and len(read_table(Path(path), "particles").table):
+            sets.append((read_particles(path, images), thr, passed, path == rescue))
+    if not sets:
+        raise CryoflowError(particles, "holds no particles" + (f" and neither does {rescue}" if rescue else ""))
     ps = sets[0][0]
     star = ps.table
     apix = ps.pixel_size * ps.box / (ps.stack_box or ps.box)
@@ -152,15 +164,16 @@ def score_particles(
         (tmp / STACKS).mkdir()
         used: set = set()
         parts, t_score = [], 0.0
-        for one, thr in sets:
-            score, keep, new_names, seconds = _score_set(one, pm, thr, tmp, used, device)
+        for one, thr, passed, _ in sets:
+            score, keep, new_names, seconds = _score_set(one, pm, thr, tmp, used, device, passed)
             table = one.table.table.copy()
             table["rlnImageName"] = rebase_image_names(table["rlnImageName"], one.path, images, out)
             parts.append((table, score, keep, new_names))
             t_score += seconds
         table = pd.concat([p[0] for p in parts], ignore_index=True)
         score, keep, new_names = (np.concatenate([p[i] for p in parts]) for i in (1, 2, 3))
-        rescued = int(parts[1][2].sum()) if len(parts) > 1 else None
+        from_rescue = [p[2] for p, one in zip(parts, sets, strict=True) if one[3]]
+        rescued = int(sum(k.sum() for k in from_rescue)) if rescue and pm.trained else None
         n = len(table)
         table["cfParticleScore"] = score.round(4)
         clean = table.loc[keep].copy()
@@ -192,7 +205,10 @@ def score_particles(
             "model": str(model),
             "model_figures": pm.meta,
             "model_trained": pm.trained,
-            "passed_through": None if pm.trained else f"every particle kept unscored: {pm.meta.get('reason')}",
+            "passed_through": None
+            if pm.trained
+            else f"nothing scored ({pm.meta.get('reason')}): the particles of the kept classes are kept, "
+            "those of rejected classes stay rejected",
             "micrographs": int(len(yields)),
             "median_good_per_micrograph": float(yields["cfGoodParticles"].median()) if len(yields) else 0.0,
             "micrograph_sizes_for_cryosparc": shape_note,
@@ -203,7 +219,7 @@ def score_particles(
         }
         from cryoflow.particles.report import write_score_report
 
-        starts = np.cumsum([0] + [len(one) for one, _ in sets])
+        starts = np.cumsum([0] + [len(one) for one, *_ in sets])
 
         def read(rows: np.ndarray) -> np.ndarray:  # rows of the joined table, in order
             which = np.searchsorted(starts, rows, side="right") - 1
