@@ -2,7 +2,8 @@
 # Build cryoflow's container image with podman (or docker), without a container registry.
 #
 #   docker/build.sh            cryoflow:cpu   (the image tools/*.cwl name in their DockerRequirement hint)
-#   docker/build.sh --cuda     cryoflow:cuda  (torch==VERSION+cu128 from download.pytorch.org/whl/cu128)
+#   docker/build.sh --cuda     cryoflow:cuda  (torch==VERSION+cu128 from download.pytorch.org/whl/cu128;
+#                              PyPI's Linux torch is a CUDA build too, see docker/README.md)
 #   docker/build.sh --force    rebuild even when the image is up to date
 #   docker/build.sh --hash     print the source hash the image would carry, build nothing
 #
