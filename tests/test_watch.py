@@ -126,6 +126,8 @@ def test_stop_file_and_bad_options(tmp_path, capsys):
     assert any(e["e"] == "stop" and e["why"] == "STOP file" for e in read_journal(out / JOURNAL))
     assert cli(["watch", str(inp), "--out", str(tmp_path / "o2"), "--batch", "0"]) == 2
     assert "--batch must be at least 1" in capsys.readouterr().err
+    assert cli(["watch", str(inp), "--out", str(tmp_path / "o2"), "--extract-box", "63"]) == 2
+    assert "--extract-box must be an even number" in capsys.readouterr().err
     full = tmp_path / "full"
     full.mkdir()
     (full / "x.txt").write_text("mine")
@@ -291,3 +293,118 @@ def test_full_steps_cumulative_and_feedback(tmp_path):
         )
     picks = [json.loads((o / "run" / "pick" / "summary.json").read_text())["picks_per_micrograph"] for o in (out, out1)]
     assert picks[0] == picks[1]
+
+
+def _truth_precision(star, truth, radius_px: float = 20.0) -> tuple[float, int]:
+    """Share of the particles of ``star`` within ``radius_px`` of a true (not junk) particle of the simulator."""
+    import numpy as np
+
+    from cryoflow.io import read_table
+
+    t = read_table(star, "particles").table
+    if not len(t):
+        return float("nan"), 0
+    by_mic = {}
+    for name, g in truth.groupby(truth["rlnMicrographName"].map(lambda n: n.split("/")[-1])):
+        by_mic[name] = (g[["rlnCoordinateX", "rlnCoordinateY"]].to_numpy(float), g["cfIsJunk"].to_numpy(int))
+    good = 0
+    for name, g in t.groupby(t["rlnMicrographName"].map(lambda n: str(n).split("/")[-1])):
+        xy, junk = by_mic[name]
+        d = np.hypot(*(xy[None] - g[["rlnCoordinateX", "rlnCoordinateY"]].to_numpy(float)[:, None]).transpose(2, 0, 1))
+        nearest = d.argmin(1)
+        good += int(((d.min(1) <= radius_px) & (junk[nearest] == 0)).sum())
+    return good / len(t), len(t)
+
+
+def _particle_keys(star) -> list[tuple[str, float, float]]:
+    from cryoflow.io import read_table
+
+    t = read_table(star, "particles").table
+    return [
+        (str(m).split("/")[-1], round(float(x), 1), round(float(y), 1))
+        for m, x, y in zip(t["rlnMicrographName"], t["rlnCoordinateX"], t["rlnCoordinateY"], strict=True)
+    ]
+
+
+@pytest.mark.slow
+def test_particles_2d_round_kill_resume_and_scoring(tmp_path):
+    """Extraction per batch; a 2D round (classify2d + classassess + particles train) in the background
+    once enough particles gathered, killed (-9) mid-round and resumed with no particle lost or twice;
+    later batches scored by its model; the clean stack measured against the simulator's truth."""
+    import signal
+    import subprocess
+    import sys
+
+    from cryoflow.io import read_table
+    from cryoflow.simulate import simulate_dataset
+    from cryoflow.simulate.presets import get_preset
+
+    preset = get_preset("tiny").replace(
+        n_micrographs=12, shape=(512, 512), particles=(50, 70), junk_fraction=0.35, squares=("good", "good", "medium")
+    )
+    data = simulate_dataset(tmp_path / "sim", preset, seed=3, device="cpu", report=False).path
+    truth = read_table(data / "truth" / "particles_truth.star", "particles").table
+    mics = sorted(p for p in data.rglob("Data/*.mrc"))
+    inp, out = tmp_path / "in", tmp_path / "out"
+
+    def arrive(paths):
+        for p in paths:
+            dst = inp / p.relative_to(data)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(p, dst)
+
+    arrive(mics[:8])
+    args = dict(batch=3, settle_s=0.05, poll_s=0.02, quiet=True, classify_min=80, classify_iterations=8)
+    args.update(classify_classes=6, particle_epochs=3)
+    cmd = [sys.executable, "-m", "cryoflow", "watch", str(inp), "--out", str(out), "--once", "--quiet"]
+    cmd += "--batch 3 --settle 0.05 --poll 0.02 --classify-min 80 --classify-iterations 8".split()
+    cmd += "--classify-classes 6 --particle-epochs 3 --round-delay 0.5".split()
+    proc = subprocess.Popen(cmd)
+    part = out / "rounds" / ".r0001.part"
+    end = time.time() + 300
+    while time.time() < end and proc.poll() is None:  # kill once 2D has checkpointed an iteration
+        if (part / ".classify2d.classify2d" / "state.pt").exists() or (part / "classify2d").exists():
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the watcher ended before the 2D round could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    time.sleep(0.5)  # the round process dies with the watcher (PR_SET_PDEATHSIG)
+    assert not (out / "rounds" / "r0001").exists()
+    assert watch(inp, out, WatchOptions(once=True, **args)).processed == 0  # resumes the round only
+
+    events = read_journal(out / JOURNAL)
+    assert [e["r"] for e in events if e["e"] == "round"] == ["r0001"]  # journaled once, started twice
+    assert [e["r"] for e in events if e["e"] == "round_done"] == ["r0001"]
+    manifest = json.loads((out / "rounds" / "r0001" / "manifest.json").read_text())
+    assert manifest["trained"] and manifest["particles"] >= 80
+    extracted = _particle_keys(out / "run" / "extract" / "particles.star")
+    in_round = _particle_keys(out / "rounds" / "r0001" / "particles.star")
+    run_p = out / "run" / "particles"
+    labelled = _particle_keys(run_p / "particles_clean.star") + _particle_keys(run_p / "particles_rejected.star")
+    assert len(set(extracted)) == len(extracted) and sorted(in_round) == sorted(extracted)  # none lost, none twice
+    assert sorted(labelled) == sorted(extracted)
+
+    # later micrographs: extracted and scored by the round's model in their batch, no 2D
+    arrive(mics[8:])
+    watch(inp, out, WatchOptions(once=True, **{**args, "classify_min": 10_000}))
+    later = [json.loads(m.read_text()) for m in sorted((out / BATCHES).glob("b*/manifest.json"))][2:]
+    assert later and all(m["particle_model"].endswith("rounds/r0001/model/particle_model.pt") for m in later)
+    scored = [b for b in sorted((out / BATCHES).glob("b*")) if (b / "particles" / "particles_clean.star").exists()]
+    assert len(scored) == len(later)
+    extracted = _particle_keys(out / "run" / "extract" / "particles.star")
+    labelled = _particle_keys(run_p / "particles_clean.star") + _particle_keys(run_p / "particles_rejected.star")
+    assert sorted(labelled) == sorted(extracted) and len(set(extracted)) == len(extracted)
+    summary = json.loads((run_p / "summary.json").read_text())
+    assert summary["pending_particles"] == 0 and summary["clean_particles"] > 0
+    feedback = json.loads((out / "run" / "feedback" / "feedback.json").read_text())
+    assert feedback["grid"]["good_particles_per_micrograph"] > 0  # feedback reads the yield
+
+    # against the truth: the clean stack is cleaner than what was picked, the rejected set dirtier
+    picked, n_picked = _truth_precision(out / "run" / "extract" / "particles.star", truth)
+    clean, n_clean = _truth_precision(run_p / "particles_clean.star", truth)
+    rejected, _ = _truth_precision(run_p / "particles_rejected.star", truth)
+    assert n_clean >= 0.4 * n_picked
+    assert clean >= picked and clean > rejected and clean >= 0.7, (picked, clean, rejected)
+    index = (out / "run" / "index.html").read_text()
+    assert all(f'href="{s}/report.html"' in index for s in ("extract", "classify2d", "classassess", "particles"))

@@ -7,7 +7,13 @@ micrographs go through ctf, micassess and pick (diameter and threshold searched 
 first batch of enough micrographs, then fixed); the cumulative run folder OUT/run
 (micrographs_ctf.star, micrographs_good.star, coordinates, feedback/, index.html) is
 updated after each batch (feedback and the index report in a background process while the
-next batch runs). CTF runs in its fast on-the-fly mode (256² spectrum, no tilt fits;
+next batch runs). Each batch's picks are extracted (box and binning fixed with the picking
+parameters; at most 64 px by default); once --classify-min particles have gathered, a 2D round
+(classify2d, classassess, particles train) runs in a low-priority background process, and
+later batches are scored by its particle classifier (no 2D needed); OUT/run gets
+extract/, particles/ (the clean stack, micrographs_yield.star that feedback reads),
+links to the latest round's classify2d/, classassess/, particles_model/ (--no-particles
+to stop after pick). CTF runs in its fast on-the-fly mode (256² spectrum, no tilt fits;
 --ctf-full for cryoflow ctf's defaults). OUT/journal.jsonl records every step (fsynced): after a crash or
 kill -9, run the same command again and it resumes, no micrograph processed twice or
 missed. Stop with Ctrl-C / SIGTERM, by creating OUT/STOP, or with --stop-after N.
@@ -17,6 +23,7 @@ Examples::
     cryoflow watch /data/session1/Images-Disc1 --out live --pixel-size 0.83
     cryoflow watch incoming/ --out live --once                    # what is there now, then exit
     cryoflow watch incoming/ --out live --batch 8 --max-latency 20 --voltage 200 --cs 2.7
+    cryoflow watch incoming/ --out live --classify-min 5000 --extract-box 96   # larger 2D rounds, 96 px boxes
     touch live/STOP                                              # clean exit after the current batch
 """
 
@@ -74,6 +81,41 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-tilt", action="store_true", help="with --ctf-full: skip the 3x3 local fits of tilt")
     parser.add_argument("--no-feedback", action="store_true", help="update the cumulative STAR files only")
     parser.add_argument("--pick-report", action="store_true", help="write pick's report for every batch (slower)")
+    parser.add_argument(
+        "--no-particles",
+        action="store_true",
+        help="no extraction, 2D classification or particle classifier (stop after pick)",
+    )
+    parser.add_argument(
+        "--extract-box",
+        type=int,
+        metavar="PX",
+        help="particle box in output pixels (unset: 1.5 x the searched diameter, binned to at most 64 px)",
+    )
+    parser.add_argument(
+        "--extract-bin",
+        type=float,
+        metavar="F",
+        help="Fourier binning of the particle images (>= 1; unset: see --extract-box)",
+    )
+    parser.add_argument(
+        "--classify-min",
+        type=int,
+        default=3000,
+        metavar="N",
+        help="particles of finished batches in no 2D round yet that start one (2D classification, class "
+        "selection, particle classifier training, in a background process)",
+    )
+    parser.add_argument(
+        "--classify-iterations", type=int, default=10, metavar="N", help="2D classification iterations per round"
+    )
+    parser.add_argument(
+        "--classify-classes", type=int, metavar="K", help="2D classes per round (unset: one per ~400 particles)"
+    )
+    parser.add_argument(
+        "--particle-epochs", type=int, metavar="N", help="particle classifier passes (unset: about 800 optimizer steps)"
+    )
+    parser.add_argument("--round-delay", type=float, default=0.0, help=argparse.SUPPRESS)  # tests: slow 2D rounds
     parser.add_argument("--step-delay", type=float, default=0.0, help=argparse.SUPPRESS)  # tests: slow batches
     parser.add_argument("--quiet", action="store_true", help="no progress messages")
     add_device_argument(parser)
@@ -105,6 +147,14 @@ def main(args: argparse.Namespace) -> int:
         feedback=not args.no_feedback,
         pick_report=args.pick_report,
         step_delay_s=args.step_delay,
+        particles=not args.no_particles,
+        extract_box=args.extract_box,
+        extract_bin=args.extract_bin,
+        classify_min=args.classify_min,
+        classify_iterations=args.classify_iterations,
+        classify_classes=args.classify_classes,
+        particle_epochs=args.particle_epochs,
+        round_delay_s=args.round_delay,
         quiet=args.quiet,
     )
     counters = watch(args.input_dir, args.out, options)

@@ -4,7 +4,7 @@ The watcher polls ``INPUT_DIR`` (searched as :func:`cryoflow.io.find_micrographs
 folder: recursive, EPU ``Data/`` folders preferred, ``*_fractions.mrc`` and hidden
 temporaries skipped). Per file, the states are::
 
-    seen ──► settled ──► batched(b) ──► processed (batch b's folder complete: ctf, micassess, pick)
+    seen ──► settled ──► batched(b) ──► processed (batch b's folder complete: ctf, micassess, pick, extract[, score])
       │         ▲
       └► invalid┘ (stopped changing but does not open as a one-image MRC; re-checked when it changes)
 
@@ -28,11 +28,17 @@ batch's alone, so small batches are assessed as the whole set would be.
 Layout of ``OUT``::
 
     journal.jsonl                 every event, fsynced (:mod:`cryoflow.feedback.journal`)
-    batches/b000001/              one batch: manifest.json, ctf/, micassess/, pick/ (the steps' outputs)
-    run/                          the cumulative run folder (a pure function of the complete batches)
+    batches/b000001/              one batch: manifest.json, ctf/, micassess/, pick/, extract/ (the steps'
+                                  outputs), particles/ (scored by the latest particle model, once one exists)
+    rounds/r0001/                 one 2D round over some complete batches' particles: particles.star,
+                                  classify2d/, classassess/, model/ (particle classifier), particles/ (clean stack)
+    run/                          the cumulative run folder (a pure function of the complete batches and rounds)
       ctf/micrographs_ctf.star (+ _failed)   micassess/micrographs_good.star (+ _rejected)
       pick/coordinates.star + coordinates/   pick/summary.json (picks per micrograph, fixed parameters)
-      feedback/                   ``cryoflow feedback`` on run/, redone after batches complete
+      extract/particles.star + Particles/    every complete batch's particles (stacks hard-linked)
+      particles/particles_clean.star + CleanParticles/, particles_rejected.star, micrographs_yield.star
+      classify2d, classassess, particles_model   links to the latest complete round's folders
+      feedback/                   ``cryoflow feedback`` on run/, redone after batches and rounds complete
       index.html                  the index report (``cryoflow report``)
     STOP                          create it to make the watcher exit cleanly after the running batches
 
@@ -48,10 +54,31 @@ atomically.
 Picking: diameter (Å) and threshold (noise σ) are searched on the first batch with at
 least ``search_min`` micrographs passing micassess, journaled, and given to every later
 batch, so every batch is picked the same way (until then one batch runs at a time, of at
-least ``search_min`` micrographs or after ``search_wait_s``). 2D classification and
-particle classifiers are not wired yet: :data:`BATCH_HOOKS` (per batch, in its temporary
-folder; in a worker process, on its copy of the watcher) and :data:`RUN_HOOKS` (on the
-cumulative run, in the watcher, before feedback) are where they go.
+least ``search_min`` micrographs or after ``search_wait_s``). The particle box and binning
+are fixed with them (journaled in the same ``params`` event; by default 1.5 x the diameter,
+binned to at most 64 px: enough for 2D and the particle classifier, cheap to classify).
+
+Particles (:mod:`cryoflow.feedback.watch_particles`; ``particles``, needs the pick step):
+:data:`BATCH_HOOKS` extract every batch's picks (``extract/``) and, once a particle model
+exists, score them with it (``particles/``; the model is the latest complete round's,
+sent with the batch's task), in the worker and inside the batch's temporary folder, so a
+batch is complete with its particles or redone. When ``classify_min`` particles of
+complete batches (in batch order) belong to no round, those batches form a 2D round,
+journaled (``round``, with its batches: a batch is in at most one round, ever) and run in a
+forked child at niceness ``classify_nice`` (classify2d with ``classify_iterations``, then
+classassess, particles train, particles score of the selected particles rescuing confident
+rejected ones), so 2D never holds up the arrival -> feedback path; the watcher journals
+``round_done`` (or ``round_failed``) when the child ends and refreshes ``run/``. One round
+runs at a time; particles arriving meanwhile wait for the next one, and are scored in
+their batches by the latest model meanwhile. A round is built in ``rounds/.r<n>.part``
+(kept across restarts: its complete steps are not redone and classify2d resumes from its
+checkpoint) and renamed into place when complete; after a kill -9 the restarted watcher
+resumes the journaled round with the same batches first. ``--once`` and ``--stop-after``
+wait for a running round; a STOP file or SIGTERM stops it (it resumes at the next start).
+In ``run/particles/micrographs_yield.star`` (what feedback reads as good particles per
+micrograph), micrographs whose particles wait for their first model have NaN, not 0.
+:data:`RUN_HOOKS` (on the cumulative run, in the watcher, before feedback) stays for quick
+additions.
 """
 
 from __future__ import annotations
@@ -78,6 +105,7 @@ JOURNAL = "journal.jsonl"
 STOP_FILE = "STOP"
 BATCHES = "batches"
 RUN = "run"
+ROUNDS = "rounds"
 
 
 @dataclass
@@ -88,13 +116,15 @@ class BatchContext:
     files: list[Path]
     folder: Path
     watcher: Watcher
+    task: dict | None = None  # what the watcher sent: the files, the fixed picking parameters, the particle model
 
 
 #: called as ``hook(context)`` after pick, inside the batch's temporary folder (write under
-#: ``context.folder / "<step>"``); e.g. extraction + 2D classification of the batch's particles.
+#: ``context.folder / "<step>"``); timed and journaled as step ``hook.step`` (else its name).
+#: Set at the end of this module: extraction and particle scoring (:mod:`.watch_particles`).
 BATCH_HOOKS: list[Callable[[BatchContext], None]] = []
 #: called as ``hook(run_folder, watcher)`` after the cumulative STAR files are written and
-#: before feedback; e.g. particle classifiers over the cumulative particle set.
+#: before feedback (in the watcher: keep them quick; slow work goes in a round, :mod:`.watch_particles`).
 RUN_HOOKS: list[Callable[[Path, Watcher], None]] = []
 
 
@@ -127,6 +157,15 @@ class WatchOptions:
     threads: int | None = 1  # torch threads (None: torch's default; 1 is fastest on a busy 2-core machine)
     keep_heap: bool = True  # glibc: large arrays from a kept heap, not fresh zeroed pages (_keep_heap)
     step_delay_s: float = 0.0  # testing: sleep this long inside each batch before completing it
+    particles: bool = True  # extract each batch, 2D rounds, particle classifier (needs the pick step)
+    extract_box: int | None = None  # px; None: the automatic box, binned to at most 64 px (particle_box)
+    extract_bin: float | None = None  # Fourier binning of the particle images (None: see extract_box)
+    classify_min: int = 3000  # particles of complete batches in no round yet that start a 2D round
+    classify_iterations: int = 10  # classify2d's iterations in a round (quick settings)
+    classify_classes: int | None = None  # classify2d's K (None: one per ~400 particles)
+    particle_epochs: int | None = None  # particles train's passes (None: its default, ~800 steps)
+    classify_nice: int = 15  # niceness of the round process: 2D takes only what the batches leave
+    round_delay_s: float = 0.0  # testing: sleep this long after each step of a round
     quiet: bool = False
 
     def check(self) -> None:
@@ -146,6 +185,12 @@ class WatchOptions:
             raise CryoflowError(None, f"steps must be a prefix of {','.join(STEPS)} (each needs the one before)")
         if self.pixel_size is not None and not self.pixel_size > 0:
             raise CryoflowError(None, f"--pixel-size must be a positive number of Å, got {self.pixel_size}")
+        if self.classify_min < 1 or self.classify_iterations < 1:
+            raise CryoflowError(None, "--classify-min and --classify-iterations must be at least 1")
+        if self.extract_box is not None and (self.extract_box < 8 or self.extract_box % 2):
+            raise CryoflowError(None, f"--extract-box must be an even number of pixels >= 8, got {self.extract_box}")
+        if self.extract_bin is not None and not self.extract_bin >= 1:
+            raise CryoflowError(None, f"--extract-bin must be >= 1, got {self.extract_bin}")
 
 
 @dataclass
@@ -204,6 +249,14 @@ class Watcher:
         self._report_t = -float("inf")  # time.monotonic() of the last refresh that wrote feedback's report
         self._report_behind = False  # a refresh since then updated feedback.json but not its report
         self._covered: set[str] = set()  # the batches the last refresh included (none yet: run/ is rebuilt)
+        # 2D rounds (see watch_particles): round -> its batches, the complete ones, the running child
+        self.rounds: dict[str, list[str]] = {}
+        self.rounds_done: set[str] = set()
+        self.rounds_failed: set[str] = set()  # in this invocation (retried at the next start)
+        self.particle_model: str | None = None  # the latest complete round's model, given to new batches
+        self._round_child: tuple[int, str] | None = None
+        self._rounds_shown: set[str] = set()  # the complete rounds the last refresh included
+        self._n_particles: dict[str, int] = {}  # complete batch -> particles extracted
         self._replay()
 
     # ---- journal replay and recovery -------------------------------------------------------
@@ -225,8 +278,13 @@ class Watcher:
                 self.intensities += ev.get("intensities", [])
             elif kind == "params":
                 self.params = {
-                    k: ev.get(k) for k in ("diameter_A", "threshold", "batch", "filter_diameter_A", "template")
+                    k: ev.get(k)
+                    for k in ("diameter_A", "threshold", "batch", "filter_diameter_A", "template", "box", "bin")
                 }
+            elif kind == "round":
+                self.rounds[ev["r"]] = list(ev["batches"])
+            elif kind == "round_done":
+                self.rounds_done.add(ev["r"])
         # a batch folder renamed into place just before a crash counts as done
         recovered = [b for b in self.batches if b not in self.done and self._complete(b)]
         self.journal.append(*(self._recovered_event(b) for b in recovered))
@@ -239,6 +297,18 @@ class Watcher:
         # half-done batches: their temporary folders are removed, the batches redone
         for tmp in (self.out / BATCHES).glob(".b*.part"):
             shutil.rmtree(tmp, ignore_errors=True)
+        # a round renamed into place just before a crash counts as done; a half-done one resumes
+        # (its temporary folder is kept: the steps complete in it are not redone)
+        from cryoflow.feedback.watch_particles import model_of, round_outcome
+
+        for r in self.rounds:
+            if r not in self.rounds_done and (self.out / ROUNDS / r / "manifest.json").is_file():
+                self.journal.append({**round_outcome(self.out, r), "recovered": True})
+                self.rounds_done.add(r)
+        for r in sorted(self.rounds_done, reverse=True):
+            self.particle_model = model_of(self.out, r)
+            if self.particle_model:
+                break
 
     def _complete(self, b: str) -> bool:
         return (self.out / BATCHES / b / "manifest.json").is_file()
@@ -271,6 +341,11 @@ class Watcher:
             "filter_diameter_A": float(summary.get("filter_diameter_A") or summary["diameter_A"]),
             "template": str(template) if summary.get("picker") == "self-template" else None,
         }
+        from cryoflow.feedback.watch_particles import batch_box
+
+        box = batch_box(self.out / BATCHES / b)  # the particle images' box and binning: fixed with them
+        if box is not None:
+            self.params.update(box=box[0], bin=box[1])
         self.journal.append({"e": "params", **self.params})
         self._say(
             f"picking fixed from {b}: diameter {self.params['diameter_A']:.0f} Å, threshold {self.params['threshold']:.2f} σ"
@@ -377,7 +452,13 @@ class Watcher:
             }
             for f in self.batches[b]
         ]
-        return {"b": b, "files": files, "params": self.params, "intensities": list(self.intensities)}
+        return {
+            "b": b,
+            "files": files,
+            "params": self.params,
+            "intensities": list(self.intensities),
+            "particle_model": self.particle_model,
+        }
 
     def _build(self, task: dict) -> dict:
         """Build one batch folder (steps, hooks, manifest) from ``task``; returns the outcome.
@@ -397,7 +478,12 @@ class Watcher:
             with atomic_dir(self.out / BATCHES / b) as tmp:
                 intensities = self._steps(b, paths, tmp, task, steps)
                 for hook in BATCH_HOOKS:
-                    hook(BatchContext(b, paths, tmp, self))
+                    t, c = time.perf_counter(), time.process_time()
+                    hook(BatchContext(b, paths, tmp, self, task))
+                    name = getattr(hook, "step", getattr(hook, "__name__", "hook"))
+                    steps.append(
+                        {"step": name, "s": round(time.perf_counter() - t, 3), "cpu": round(time.process_time() - c, 3)}
+                    )
                 if self.opt.step_delay_s:
                     time.sleep(self.opt.step_delay_s)
                 manifest = {
@@ -405,6 +491,7 @@ class Watcher:
                     "files": task["files"],
                     "steps": [s for s in STEPS if s in self.opt.steps],
                     "pick_params": task["params"],
+                    "particle_model": task.get("particle_model"),
                     "intensities": intensities,
                     "seconds": round(time.perf_counter() - t0, 3),
                 }
@@ -542,6 +629,12 @@ class Watcher:
             import cryoflow.micassess.run  # noqa: F401
         if "pick" in self.opt.steps:
             import cryoflow.picking.pick  # noqa: F401
+        if "pick" in self.opt.steps and self.opt.particles:  # the batches' extract + score, the rounds' steps
+            import cryoflow.classassess.run  # noqa: F401
+            import cryoflow.classify2d.run  # noqa: F401
+            import cryoflow.particles.score  # noqa: F401
+            import cryoflow.particles.train  # noqa: F401
+            import cryoflow.picking.extract  # noqa: F401
         if self.opt.feedback and "ctf" in self.opt.steps:  # what every refresh child would import again
             import cryoflow.feedback.report  # noqa: F401
             import cryoflow.feedback.run  # noqa: F401
@@ -595,6 +688,8 @@ class Watcher:
             self._cumulative = Cumulative(run, self.out / BATCHES)
         cumulative = self._cumulative
         cpu = time.process_time()
+        cumulative.rounds = {r: self.rounds[r] for r in sorted(self.rounds_done)}
+        self._rounds_shown = set(self.rounds_done)
         cumulative.update(sorted(batches))
         if report is None:
             report = time.monotonic() - self._report_t >= self.opt.report_every_s
@@ -619,6 +714,7 @@ class Watcher:
         if not RUN_HOOKS:
             cumulative.write(self.params)
         error = _feedback_and_index(run, self.input, flag, report)
+        cumulative.write_stacks()
         ev["cpu"] = round(time.process_time() - cpu, 3)
         if error:
             ev["error"] = error
@@ -652,7 +748,9 @@ class Watcher:
                 if write:
                     cumulative.write(params)
                 error = _feedback_and_index(run, self.input, feedback, report)
-                status = {"t": round(time.time(), 4), "cpu": round(time.process_time() - cpu, 3)}
+                swapped = round(time.time(), 4)  # feedback's latency ends here; the particle STARs follow
+                cumulative.write_stacks()
+                status = {"t": swapped, "cpu": round(time.process_time() - cpu, 3)}
                 status.update({"error": error} if error else {})
                 status_file.write_text(json.dumps(status), encoding="utf-8")
             except BaseException:  # noqa: BLE001 - the child must exit whatever happens
@@ -759,8 +857,12 @@ class Watcher:
                             running.add(b)
                         slots = self._slots(workers, running)
                 idle = self.reap()
+                self._reap_round()
+                if why is None:
+                    self._maybe_round(running | set(todo))
                 covered = self._includable(running | set(todo))
-                if covered - self._covered and idle and (not todo or (opt.background_refresh and not opt.once)):
+                news = covered - self._covered or self.rounds_done - self._rounds_shown
+                if news and idle and (not todo or (opt.background_refresh and not opt.once)):
                     # refresh feedback when the queue is drained (while catching up, batches go first);
                     # in the background, the next batches run while feedback and the report are written
                     if not opt.once and workers is None:
@@ -784,18 +886,114 @@ class Watcher:
             if workers is not None:  # Ctrl-C or a crash: stop the workers now (their half-built batches are redone)
                 workers.close(kill=True)
                 workers = None
+            self._kill_round()  # resumed at the next start
             raise
         finally:
             if workers is not None:
                 workers.close()
         self.reap(wait=True)
-        if self.done - self._covered or self._report_behind:
+        if self._round_child is not None:
+            if opt.once or (why or "").startswith("--stop-after"):
+                self._say(f"waiting for 2D round {self._round_child[1]} to finish")
+                self._reap_round(wait=True)
+            else:  # STOP file, SIGTERM: the round resumes at the next start, its finished steps kept
+                self._kill_round()
+        if self.done - self._covered or self._report_behind or self.rounds_done - self._rounds_shown:
             self.refresh(report=True, batches=self._includable(set(todo)))
         self.journal.append({"e": "stop", "why": why, "processed": self.counters.processed})
         if why == "STOP file":
             (self.out / STOP_FILE).unlink(missing_ok=True)
         self._say(f"stopped ({why}): {self.counters.processed} micrographs in {self.counters.batches} batches")
         return self.counters
+
+    # ---- 2D rounds (cryoflow.feedback.watch_particles) -----------------------------------------
+    def _particles_of(self, b: str) -> int:
+        from cryoflow.feedback.watch_particles import batch_particles
+
+        if b not in self._n_particles:
+            self._n_particles[b] = batch_particles(self.out / BATCHES / b)
+        return self._n_particles[b]
+
+    def _maybe_round(self, waiting: set[str]) -> None:
+        """Start a 2D round when none is running: a journaled one not complete first (it resumes),
+        else a new one once ``classify_min`` particles of complete batches (in batch order, the
+        session's box) belong to no round."""
+        from cryoflow.feedback.watch_particles import batch_box, round_name, same_images
+
+        opt = self.opt
+        if not opt.particles or "pick" not in opt.steps or self._round_child is not None:
+            return
+        unfinished = [r for r in self.rounds if r not in self.rounds_done and r not in self.rounds_failed]
+        if unfinished:
+            self._start_round(unfinished[0])
+            return
+        in_round = {b for bs in self.rounds.values() for b in bs}
+        candidates = [b for b in sorted(self._includable(waiting)) if b not in in_round and self._particles_of(b)]
+        if not candidates or sum(self._particles_of(b) for b in candidates) < opt.classify_min:
+            return
+        boxes = {b: batch_box(self.out / BATCHES / b) for b in candidates}
+        fixed = batch_box(self.out / BATCHES / self.params["batch"]) if self.params else None
+        session = fixed or boxes[candidates[-1]]  # the box fixed with the picking parameters, else the latest
+        # batches picked before the parameters were fixed may have other particle images: left out of 2D
+        candidates = [b for b in candidates if same_images(boxes[b], session)]
+        n = sum(self._particles_of(b) for b in candidates)
+        if n < opt.classify_min:
+            return
+        r = round_name(len(self.rounds) + 1)
+        self.journal.append({"e": "round", "r": r, "batches": candidates, "particles": n})
+        self.rounds[r] = candidates
+        self._start_round(r)
+
+    def _start_round(self, r: str) -> None:
+        from cryoflow.feedback.watch_particles import fork_round, run_round
+
+        self._say(f"2D round {r}: {len(self.rounds[r])} batches, in the background")
+        pid = fork_round(self, r, self.rounds[r])
+        if pid is None:  # no fork: here, now
+            try:
+                run_round(self.out, r, self.rounds[r], self.opt)
+            except CryoflowError as exc:
+                (self.out / ROUNDS).mkdir(exist_ok=True)
+                (self.out / ROUNDS / f".{r}.error").write_text(str(exc), encoding="utf-8")
+            self._round_ended(r)
+            return
+        self._round_child = (pid, r)
+
+    def _reap_round(self, wait: bool = False) -> bool:
+        """Journal the running round's outcome once its child has ended; True when none is running."""
+        if self._round_child is None:
+            return True
+        pid, r = self._round_child
+        done, _ = os.waitpid(pid, 0 if wait else os.WNOHANG)
+        if done == 0:
+            return False
+        self._round_child = None
+        self._round_ended(r)
+        return True
+
+    def _round_ended(self, r: str) -> None:
+        from cryoflow.feedback.watch_particles import model_of, round_outcome
+
+        ev = round_outcome(self.out, r)
+        self.journal.append(ev)
+        if ev["e"] == "round_done":
+            self.rounds_done.add(r)
+            self.particle_model = model_of(self.out, r) or self.particle_model
+            self._say(f"2D round {r} done: {ev.get('clean_particles')} clean of {ev.get('particles')} particles")
+        else:
+            self.rounds_failed.add(r)
+            self._say(f"2D round {r} failed: {ev['why']}")
+
+    def _kill_round(self) -> None:
+        """Stop the running round now (journaled as neither done nor failed: it resumes at the next start)."""
+        if self._round_child is not None:
+            pid, _ = self._round_child
+            try:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+            self._round_child = None
 
     def _slots(self, workers: _Workers | None, running: set[str]) -> int:
         """How many batches may start now: one at a time in this process, or one per idle worker
@@ -1042,7 +1240,11 @@ class Cumulative:
     """The cumulative run folder: the batches' STAR tables concatenated, written atomically file by file."""
 
     def __init__(self, run: Path, batches: Path):
+        from cryoflow.feedback.watch_particles import ParticleRun
+
         self.run, self.batches = run, batches
+        self.particles = ParticleRun(run, batches.parent)
+        self.rounds: dict[str, list[str]] = {}  # the complete 2D rounds to include: round -> its batches
         self.included: list[str] = []
         self.tables: dict[str, list] = {k: [] for k in TABLES}
         self.coordinates: list[pd.DataFrame] = []
@@ -1078,6 +1280,7 @@ class Cumulative:
                 self.coordinates.append(index)
             self.included.append(b)
         self.n_micrographs = sum(len(t.table) for key in ("ctf", "ctf_failed") for t in self.tables[key])
+        self.particles.update(self.included, self.rounds)
 
     def write(self, params: dict | None) -> None:
         """Write the cumulative STAR files, summaries and step pages into the run folder (each atomically)."""
@@ -1135,6 +1338,11 @@ class Cumulative:
             }
             self._step_page("pick", summary, write=False)
             write_summary(self.run / "pick" / "summary.json", summary)
+        self.particles.write("yield")  # extract/ and particles/ summaries, micrographs_yield.star (feedback reads it)
+
+    def write_stacks(self) -> None:
+        """The particle STAR files (they grow with the session: written after feedback is swapped in)."""
+        self.particles.write("stacks")
 
     def _step_page(self, step: str, summary: dict, write: bool = True) -> None:
         """summary.json (if ``write``) and a report.html linking the batches' own reports."""
@@ -1292,3 +1500,8 @@ def audit(out: str | os.PathLike, input_dir: str | os.PathLike | None = None) ->
             "max": round(float(lat.max()), 3) if len(lat) else None,
         },
     }
+
+
+from cryoflow.feedback.watch_particles import extract_hook, score_hook  # noqa: E402 - they use this module's names
+
+BATCH_HOOKS += [extract_hook, score_hook]

@@ -16,14 +16,18 @@ does, in chunks, straight to the final name:
    files, the files written after picking's parameters were fixed, i.e. after the
    start-up, and the median time to each stage: settled, batch started, batch done),
    throughput (micrographs/s), and from the journal each step's seconds and CPU seconds per
-   micrograph (the refresh's CPU in its background process included). The load average is
-   printed with them: on a shared machine the wall-clock figures depend on it.
+   micrograph (the refresh's CPU in its background process included), and the particle
+   stage (extraction, the 2D rounds in the background: when they started and ended, batches
+   scored by a particle model, the clean stack). The load average is printed with them: on a
+   shared machine the wall-clock figures depend on it.
 
 Examples::
 
     cryoflow bench watch
     cryoflow bench watch --files 1000 --kills 3 --big 0
     cryoflow bench watch --files 0 --big 60 --interval 2 --pool sim_realistic/
+    cryoflow bench watch --files 0 --classify-min 800      # a 2D round during the run (30 files: ~1,700 particles)
+    cryoflow bench watch --files 0 --no-particles          # the same without extraction and 2D, to compare
 """
 
 from __future__ import annotations
@@ -216,6 +220,8 @@ def latency_check(
     settle: float = 1.0,
     steps: str = "ctf,micassess,pick",
     ctf_full: bool = False,
+    classify_min: int = 3000,
+    particles: bool = True,
 ) -> dict:
     """Write ``big`` 4096² micrographs every ``interval`` s while a full watcher runs; latencies (s)
     from each file's last byte to the feedback refresh covering it, and throughput."""
@@ -246,6 +252,7 @@ def latency_check(
         steps,
     ]
     options += (["--pixel-size", str(apix)] if apix else []) + (["--ctf-full"] if ctf_full else [])
+    options += ["--classify-min", str(classify_min)] if particles else ["--no-particles"]
     load_start = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     with open(folder / "watch.log", "wb") as log_fh:  # the watcher's messages, for a look when it fails
         watcher = subprocess.Popen(_watch_cmd(inp, out, *options), stderr=log_fh)
@@ -326,9 +333,33 @@ def latency_check(
             "options": options,
             "load_average_start": load_start,
             "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+            "particles": _particle_figures(out, events, t0),
         }
     )
     return result
+
+
+def _particle_figures(out: Path, events: list[dict], t0: float) -> dict:
+    """The particle stage of a watch run: 2D rounds (when they started and took, s after the first
+    file), batches scored by a particle model, and the cumulative clean stack (run/particles)."""
+    rounds = {
+        e["r"]: {"started_s": round(e["t"] - t0, 1), "particles": e.get("particles")}
+        for e in events
+        if e["e"] == "round"
+    }
+    for e in events:
+        if e["e"] in ("round_done", "round_failed") and e["r"] in rounds:
+            rounds[e["r"]].update(ended_s=round(e["t"] - t0, 1), outcome=e["e"], wall_s=e.get("wall_s"))
+            rounds[e["r"]].update({k: e[k] for k in ("trained", "clean_particles") if k in e})
+    manifests = [json.loads(m.read_text(encoding="utf-8")) for m in sorted((out / "batches").glob("b*/manifest.json"))]
+    summary = out / "run" / "particles" / "summary.json"
+    extract = out / "run" / "extract" / "summary.json"
+    return {
+        "rounds": rounds,
+        "batches_scored_by_a_model": sum(1 for m in manifests if m.get("particle_model")),
+        "extracted": json.loads(extract.read_text(encoding="utf-8")).get("particles") if extract.exists() else 0,
+        "run_particles": json.loads(summary.read_text(encoding="utf-8")) if summary.exists() else None,
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -354,6 +385,10 @@ def main(argv: list[str] | None = None) -> dict:
         default=0.0,
         help="watch --max-latency for the 4096² run (0: a batch starts as soon as a worker is free)",
     )
+    parser.add_argument(
+        "--classify-min", type=int, default=3000, help="watch --classify-min for the 4096² run (particles per 2D round)"
+    )
+    parser.add_argument("--no-particles", action="store_true", help="watch --no-particles: stop after pick")
     parser.add_argument("--pool", help="folder of micrographs to copy (default: simulate 4 realistic ones)")
     parser.add_argument("--work", help="folder to work in (default: the system's temporary folder)")
     parser.add_argument("--keep", action="store_true", help="keep the working folder (journal, batches) for a look")
@@ -381,6 +416,8 @@ def main(argv: list[str] | None = None) -> dict:
                 max_latency=args.max_latency,
                 steps=args.steps,
                 ctf_full=args.ctf_full,
+                classify_min=args.classify_min,
+                particles=not args.no_particles,
             )
             figures["latency"] = r
             print(
@@ -395,6 +432,11 @@ def main(argv: list[str] | None = None) -> dict:
                 f"{r['latency_stages_median_s']}; step wall s/micrograph {r['step_seconds_per_micrograph']}; "
                 f"CPU s/micrograph {r['step_cpu_seconds_per_micrograph']}; load average {r['load_average_start']} "
                 f"at the start, {r['load_average']} at the end"
+            )
+            p = r["particles"]
+            print(
+                f"particles: {p['extracted']} extracted; 2D rounds {p['rounds']}; {p['batches_scored_by_a_model']} "
+                f"batches scored by a particle model; run/particles {p['run_particles']}"
             )
     return figures
 
