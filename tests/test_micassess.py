@@ -193,3 +193,40 @@ def test_training_smoke_runs_and_fine_tunes(ctf_run, tmp_path):
     assert state["format"].startswith("cryoflow-micassess")
     p, _, _ = predict_examples(MicAssessModel.load(tmp_path / "tuned.pt"), user)
     assert np.allclose(p.sum(1), 1)
+
+
+def test_unmeasured_ice_ring_and_out_of_range_features_are_no_evidence():
+    """At pixel sizes that cannot see 3.7 Å the ice-ring features are NaN and count 0 (no
+    evidence either way); features beyond the training range are clipped to it (binned data
+    are not extrapolated); the evidence of each feature is exact (the contributions sum to
+    the final log-odds of the call over good, up to the constant terms)."""
+    from cryoflow.micassess.features import tabular_ctf
+    from cryoflow.micassess.model import Linear, MicCNN
+
+    row = {"rlnCtfFigureOfMerit": 0.2, "rlnCtfMaxResolution": 8.0, "rlnDefocusU": 15000.0, "rlnDefocusV": 14800.0}
+    ctf = tabular_ctf(row, 3.4, True)  # no rlnCtfIceRingDensity: unmeasurable at 3.4 Å/px
+    assert np.isnan(ctf["ice_ring"]) and np.isnan(ctf["ice_crystallinity"])
+    rng = np.random.default_rng(0)
+    n_f, n_c = len(FEATURES), 12
+    lo, hi = -np.ones(n_f), np.ones(n_f)  # the training range of each raw feature
+    lin = Linear(np.zeros(n_f), np.ones(n_f), rng.normal(size=(n_c, n_f)), rng.normal(size=n_c), lo, hi)
+    x = rng.uniform(-0.5, 0.5, (3, n_f))
+    x[:, FEATURES.index("ctf_fitted")] = 1.0
+    x[0, FEATURES.index("ice_ring")] = np.nan
+    x[1, FEATURES.index("log_fit_resolution")] = 50.0  # far beyond the training range: clipped to 1
+    z = lin.z(x)
+    assert z[0, FEATURES.index("ice_ring")] == 0.0 and np.isfinite(z).all()
+    assert z[1, FEATURES.index("log_fit_resolution")] == 1.0
+    model = MicAssessModel(classes=[f"c{i}" for i in range(n_c)], linear=lin, cnn=MicCNN(n_c))
+    model.classes[0] = "good"
+    model.stack_lin, model.stack_cnn = rng.normal(size=(n_c, n_c)), rng.normal(size=(n_c, n_c))
+    cnn = np.log(rng.dirichlet(np.ones(n_c), 3))
+    target = np.array([3, 5, 7])
+    p = model.combine(lin.logits(x), cnn)
+    contrib = model.contributions(x, lin.logits(x), cnn, target)
+    x0 = np.zeros_like(x)  # z = 0: the constant terms alone
+    cnn0 = np.zeros_like(cnn)
+    p0 = model.combine(lin.logits(x0), cnn0)
+    rows = np.arange(3)
+    log_odds = np.log(p[rows, target] / p[:, 0]) - np.log(p0[rows, target] / p0[:, 0])
+    assert np.allclose(contrib.sum(1), log_odds)

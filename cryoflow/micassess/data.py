@@ -55,6 +55,12 @@ class Ranges:
     balanced: bool = False  # True: each session cycles through the defects (benchmarks)
 
 
+# the training's second set of sessions: binned data up to 4.2 Å/px (3.7 Å ice ring beyond
+# Nyquist, CTF fitted to lower resolution), so such micrographs are not extrapolated
+WIDE = Ranges(pixel_size=(1.8, 4.2))
+WIDE_TAG = "wide"  # its cache files and session names carry this tag (another seed, other ranges)
+
+
 @dataclass
 class Example:
     """One labelled micrograph, ready for the models."""
@@ -202,15 +208,19 @@ def simulate_examples(
     ranges: Ranges | None = None,
     workers: int | None = None,
     cache: str | os.PathLike | None = None,
+    tag: str = "",
 ) -> list[Example]:
     """``n_sessions`` simulated sessions (see :func:`simulate_session`), in ``workers``
-    processes; with ``cache`` (a folder) each session is saved and re-used when present."""
+    processes; with ``cache`` (a folder) each session is saved and re-used when present
+    (``session_{tag}{seed}_{s}.pt``: the cache is keyed on seed and tag, not on ranges). With
+    a ``tag`` the examples' names start with it (``{tag}session0003_001``), so sets of other
+    seeds or ranges never share a session name (the validation split is by session)."""
     ranges = ranges or Ranges()
     workers = workers or min(2, os.cpu_count() or 1)
     cache = Path(cache) if cache else None
     todo, done = [], {}
     for s in range(n_sessions):
-        path = cache / f"session_{seed}_{s}.pt" if cache else None
+        path = cache / f"session_{tag}{seed}_{s}.pt" if cache else None
         if path is not None and path.exists():
             done[s] = load_examples(path)
         else:
@@ -226,14 +236,19 @@ def simulate_examples(
             for s, examples in zip(todo, results, strict=True):
                 done[s] = examples
                 if cache:
-                    save_examples(cache / f"session_{seed}_{s}.pt", examples)
+                    save_examples(cache / f"session_{tag}{seed}_{s}.pt", examples)
     else:
         for job in progress(jobs, desc="simulate", unit="session"):
             examples = simulate_session(*job)
             done[job[0]] = examples
             if cache:
-                save_examples(cache / f"session_{seed}_{job[0]}.pt", examples)
-    return [e for s in range(n_sessions) for e in done[s]]
+                save_examples(cache / f"session_{tag}{seed}_{job[0]}.pt", examples)
+    out = [e for s in range(n_sessions) for e in done[s]]
+    if tag:
+        for e in out:
+            if not e.name.startswith(tag):
+                e.name = tag + e.name
+    return out
 
 
 def save_examples(path: str | os.PathLike, examples: list[Example]) -> None:
@@ -269,7 +284,9 @@ FIRST_FEATURES = (
 def load_examples(path: str | os.PathLike) -> list[Example]:
     """Examples saved by :func:`save_examples`; features re-ordered to :data:`FEATURES` by name
     (files without names hold :data:`FIRST_FEATURES`); :data:`DENSITY_FEATURES` missing from
-    an older file are computed from its stored CNN image."""
+    an older file are computed from its stored CNN image; an older file's ice-ring features
+    imputed when unmeasurable (flag ``ice_ring_missing``) become NaN, as
+    :func:`~cryoflow.micassess.features.tabular_ctf` now writes them."""
     data = torch.load(path, weights_only=True)
     out = []
     for d in data:
@@ -277,6 +294,8 @@ def load_examples(path: str | os.PathLike) -> list[Example]:
         values = dict(zip(names, d["features"].numpy().tolist(), strict=True))
         if any(n not in values for n in DENSITY_FEATURES):
             values.update(density_statistics(d["cnn"].numpy()))
+        if values.pop("ice_ring_missing", 0.0) > 0.5:  # older files: unmeasured ice ring imputed, with a flag
+            values["ice_ring"] = values["ice_crystallinity"] = math.nan
         features = np.array([values[n] for n in FEATURES], dtype=np.float64)
         out.append(Example(d["name"], d["reason"], features, d["cnn"].numpy(), d["spectrum"].numpy()))
     return out

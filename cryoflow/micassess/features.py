@@ -79,7 +79,6 @@ FEATURES = (
     "log_fit_resolution",
     "fit_resolution_nyquist",
     "ice_ring",
-    "ice_ring_missing",
     "ice_crystallinity",
     "log_envelope_b",
     "thon_anisotropy",
@@ -106,9 +105,9 @@ FEATURE_DOCS = {
     "figure_of_merit": "rlnCtfFigureOfMerit",
     "log_fit_resolution": "ln of rlnCtfMaxResolution (Å); 30 Å when no fit",
     "fit_resolution_nyquist": "fit resolution over the Nyquist resolution (1 = rings to Nyquist)",
-    "ice_ring": "rlnCtfIceRingDensity (crystalline ice), 0 when unmeasurable",
-    "ice_ring_missing": "1 when the pixel size is too large to see 3.7 Å",
-    "ice_crystallinity": "cryoflowIceCrystallinity: spots in the 3.7 Å band",
+    "ice_ring": "rlnCtfIceRingDensity (crystalline ice); unmeasured (no evidence either way) when the pixel size "
+    "is too large to see 3.7 Å (above about 1.7 Å/px)",
+    "ice_crystallinity": "cryoflowIceCrystallinity: spots in the 3.7 Å band; unmeasured like ice_ring",
     "log_envelope_b": "ln of cryoflowEnvelopeB (Å²): Thon-ring fading (thick ice, drift)",
     "thon_anisotropy": "cryoflowThonAnisotropy: rings missing along one direction (drift)",
     "astigmatism_kA": "|DefocusU - DefocusV| in 1000 Å",
@@ -185,9 +184,11 @@ def tabular_ctf(row: dict, pixel_size: float, fitted: bool) -> dict[str, float]:
         "figure_of_merit": g["figure_of_merit"] if _ok(g["figure_of_merit"]) else 0.0,
         "log_fit_resolution": math.log(max(res, 1.0)),
         "fit_resolution_nyquist": min(res / (2 * pixel_size), 10.0),
-        "ice_ring": float(np.clip(g["ice_ring"], -1, 5)) if _ok(g["ice_ring"]) else 0.0,
-        "ice_ring_missing": 0.0 if _ok(g["ice_ring"]) else 1.0,
-        "ice_crystallinity": float(np.clip(g["ice_crystallinity"], 0, 5)) if _ok(g["ice_crystallinity"]) else 0.1,
+        # NaN: not measurable at this pixel size; standardized to 0 (no evidence), see model.standardize
+        "ice_ring": float(np.clip(g["ice_ring"], -1, 5)) if _ok(g["ice_ring"]) else math.nan,
+        "ice_crystallinity": float(np.clip(g["ice_crystallinity"], 0, 5))
+        if _ok(g["ice_ring"]) and _ok(g["ice_crystallinity"])
+        else math.nan,
         "log_envelope_b": math.log(float(np.clip(b, 10.0, 5000.0))),
         "thon_anisotropy": g["thon_anisotropy"] if fitted and _ok(g["thon_anisotropy"]) else 0.5,
         "astigmatism_kA": min(astig / 1000.0, 10.0),

@@ -7,9 +7,12 @@
 - CNN (:class:`MicCNN`): tiles of the micrograph at 4 Å/px (2 channels + mask) and,
   optionally (off in the shipped model), the radial power spectrum on a fixed 1/Å grid;
   per micrograph the tiles' log-probabilities are averaged.
-- Combination: ``softmax(a · log p_linear + b · log p_cnn + bias)``, with ``a``, ``b`` and
-  the class biases fitted on held-out sessions by minimizing the log-loss (stacking and
-  temperature scaling in one), so P(good) is calibrated.
+- Combination (stacking): a multinomial logistic regression on the linear part's (class-
+  centred) logits and the CNN's log-probabilities, ``softmax(W_lin · logits_linear +
+  W_cnn · log p_cnn + bias)``, fitted on held-out sessions by the log-loss, so P(good) is
+  calibrated and each class takes its evidence where it is (aggregation from the CNN,
+  thick ice from the CTF metrics). Still linear in the standardized features, so their
+  contributions stay exact.
 
 A model file is a dict of tensors, strings and numbers saved with ``torch.save`` and read
 with ``torch.load(weights_only=True)``.
@@ -28,7 +31,7 @@ from torch import nn
 from cryoflow.errors import CryoflowError
 from cryoflow.micassess.features import FEATURES, FINE, FITTED_ONLY, GROUP, REASONS, SPECTRUM_K, TILE
 
-FORMAT = "cryoflow-micassess-2"  # 2: context blocks in the CNN, density features
+FORMAT = "cryoflow-micassess-3"  # 2: context blocks in the CNN, density features; 3: stacking matrices, feature range
 
 
 class MicCNN(nn.Module):
@@ -97,10 +100,17 @@ class MicCNN(nn.Module):
         return self.head(torch.cat(parts, 1))
 
 
-def standardize(x: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """``(x - mean) / scale`` clipped to ±4 (no single out-of-range feature decides); features measured only with a CTF fit are 0 (no
-    evidence) for micrographs without one (see :data:`~cryoflow.micassess.features.FITTED_ONLY`)."""
-    z = np.clip((x - mean) / scale, -4, 4)
+def standardize(
+    x: np.ndarray, mean: np.ndarray, scale: np.ndarray, lo: np.ndarray | None = None, hi: np.ndarray | None = None
+) -> np.ndarray:
+    """``(x - mean) / scale`` with ``x`` first clipped to the training range ``[lo, hi]`` (no
+    extrapolation beyond what training saw, e.g. at other pixel sizes) and then to ±4 (no
+    single out-of-range feature decides). Unmeasured features (NaN) are 0: no evidence either
+    way; so are the features measured only with a CTF fit for micrographs without one (see
+    :data:`~cryoflow.micassess.features.FITTED_ONLY`)."""
+    if lo is not None and hi is not None:
+        x = np.clip(x, lo, hi)
+    z = np.nan_to_num(np.clip((x - mean) / scale, -4, 4), nan=0.0)
     unfitted = x[:, FEATURES.index("ctf_fitted")] < 0.5
     if unfitted.any():
         cols = [FEATURES.index(n) for n in FITTED_ONLY]
@@ -116,12 +126,20 @@ class Linear:
     scale: np.ndarray
     coef: np.ndarray  # (C, F)
     intercept: np.ndarray  # (C,)
+    lo: np.ndarray | None = None  # (F,) training range of the raw features (NaN-aware min/max)
+    hi: np.ndarray | None = None
 
     def z(self, x: np.ndarray) -> np.ndarray:
-        return standardize(x, self.mean, self.scale)
+        return standardize(x, self.mean, self.scale, self.lo, self.hi)
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        """Class-centred logits ``(N, C)`` (the stacking's input): ``z · coef_c + intercept_c``
+        minus their mean over the classes."""
+        logits = self.z(x) @ self.coef.T + self.intercept
+        return logits - logits.mean(1, keepdims=True)
 
     def log_proba(self, x: np.ndarray) -> np.ndarray:
-        logits = self.z(x) @ self.coef.T + self.intercept
+        logits = self.logits(x)
         return logits - np.logaddexp.reduce(logits, axis=1, keepdims=True)
 
 
@@ -132,8 +150,8 @@ class MicAssessModel:
     classes: list[str]
     linear: Linear
     cnn: MicCNN
-    stack_a: float = 1.0
-    stack_b: float = 1.0
+    stack_lin: np.ndarray = field(default_factory=lambda: np.eye(len(FINE)))  # (C, C) on the linear logits
+    stack_cnn: np.ndarray = field(default_factory=lambda: np.eye(len(FINE)))  # (C, C) on the CNN log-probabilities
     stack_bias: np.ndarray = field(default_factory=lambda: np.zeros(len(FINE)))
     threshold: float = 0.5
     train_features: np.ndarray | None = None  # (N, F) the linear part's training set, for fine-tuning
@@ -162,8 +180,9 @@ class MicAssessModel:
         return result / np.maximum(np.array(counts), 1)[:, None]
 
     def combine(self, lin: np.ndarray, cnn: np.ndarray) -> np.ndarray:
-        """Calibrated fine-class probabilities ``(N, C)`` from the two parts' log-probabilities."""
-        logits = self.stack_a * lin + self.stack_b * cnn + self.stack_bias
+        """Calibrated fine-class probabilities ``(N, C)`` from the linear part's logits
+        (:meth:`Linear.logits`) and the CNN's log-probabilities."""
+        logits = lin @ self.stack_lin.T + cnn @ self.stack_cnn.T + self.stack_bias
         logits = logits - logits.max(1, keepdims=True)
         p = np.exp(logits)
         return p / p.sum(1, keepdims=True)
@@ -173,9 +192,11 @@ class MicAssessModel:
         log-odds of class ``target[i]`` over ``good`` ``(N, F + 1)`` (positive: towards target)."""
         g = self.classes.index("good")
         z = self.linear.z(x)
-        diff = self.linear.coef[target] - self.linear.coef[g]  # (N, F)
-        feat = self.stack_a * z * diff
-        cnn_part = self.stack_b * (cnn[np.arange(len(target)), target] - cnn[:, g])
+        centred = self.linear.coef - self.linear.coef.mean(0, keepdims=True)
+        effective = self.stack_lin @ centred  # (C, F): the final logits' weights on z
+        diff = effective[target] - effective[g]  # (N, F)
+        feat = z * diff
+        cnn_part = ((self.stack_cnn[target] - self.stack_cnn[g]) * cnn).sum(1)
         return np.concatenate([feat, cnn_part[:, None]], 1)
 
     def group_proba(self, p: np.ndarray) -> np.ndarray:
@@ -197,10 +218,12 @@ class MicAssessModel:
                 "scale": t(self.linear.scale),
                 "coef": t(self.linear.coef),
                 "intercept": t(self.linear.intercept),
+                "lo": t(self.linear.lo if self.linear.lo is not None else np.full(len(FEATURES), -np.inf)),
+                "hi": t(self.linear.hi if self.linear.hi is not None else np.full(len(FEATURES), np.inf)),
             },
             "cnn": {k: v.detach().cpu() for k, v in self.cnn.state_dict().items()},
             "cnn_spectrum": self.cnn.spectrum is not None,
-            "stack": {"a": float(self.stack_a), "b": float(self.stack_b), "bias": t(self.stack_bias)},
+            "stack": {"lin": t(self.stack_lin), "cnn": t(self.stack_cnn), "bias": t(self.stack_bias)},
             "threshold": float(self.threshold),
             "train_features": t(
                 self.train_features if self.train_features is not None else np.zeros((0, len(FEATURES)))
@@ -233,10 +256,10 @@ class MicAssessModel:
         cnn.eval()
         return cls(
             classes=list(s["classes"]),
-            linear=Linear(a("mean"), a("scale"), a("coef"), a("intercept")),
+            linear=Linear(a("mean"), a("scale"), a("coef"), a("intercept"), a("lo"), a("hi")),
             cnn=cnn,
-            stack_a=float(s["stack"]["a"]),
-            stack_b=float(s["stack"]["b"]),
+            stack_lin=s["stack"]["lin"].double().numpy(),
+            stack_cnn=s["stack"]["cnn"].double().numpy(),
             stack_bias=s["stack"]["bias"].double().numpy(),
             threshold=float(s["threshold"]),
             train_features=s["train_features"].double().numpy(),

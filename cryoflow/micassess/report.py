@@ -20,7 +20,8 @@ INTRO = (
     "micrograph a calibrated probability of being good (out of 100 micrographs given 0.8, about "
     "80 are good) from two models combined: a logistic model on the CTF step's quality metrics "
     "and simple image statistics, whose reasoning can be read feature by feature, and a small "
-    "neural network that looks at the micrograph (at 4 Å/pixel) and its power spectrum. A "
+    "neural network that looks at the micrograph (at 4 Å/pixel), combined by a calibrated stacking "
+    "that lets each reason take its evidence where it is. A "
     "micrograph below the threshold is rejected with the most likely reason and the evidence "
     "that drove the call."
 )

@@ -71,7 +71,7 @@ def predict(
     device="cpu",
 ) -> Prediction:
     """Batch prediction from feature vectors ``(N, F)``, CNN tiles and spectra ``(N, 2, K)``."""
-    lin = model.linear.log_proba(x)
+    lin = model.linear.logits(x)
     cnn = model.cnn_log_proba(tile_sets, spectra, device)
     p = model.combine(lin, cnn)
     groups = model.group_proba(p)

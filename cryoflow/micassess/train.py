@@ -3,17 +3,22 @@
 Steps (:func:`train`):
 
 1. Examples: ``n_sessions`` simulated sessions (:mod:`cryoflow.micassess.data`, cached in
-   ``cache``), plus user labels (:func:`user_examples`: a folder per class, or a STAR file
-   with a label column). Sessions are split by session into training (80%) and
-   validation (20%), so validation micrographs come from sessions never seen.
+   ``cache``) at 0.8-2.0 Å/px, plus ``wide_fraction`` x as many at 1.8-4.2 Å/px (binned data:
+   :data:`~cryoflow.micassess.data.WIDE`, seed + 1), plus user labels
+   (:func:`user_examples`: a folder per class, or a STAR file with a label column). Sessions
+   are split by session into training (80%) and validation (20%), so validation micrographs
+   come from sessions never seen.
 2. Linear part: scikit-learn ``LogisticRegression`` (multinomial, L2, balanced class
    weights) on standardized features. When fine-tuning, its training set is the base
    model's stored features plus the user's (user examples weighted up).
 3. CNN: Adam, random tiles with flips/rotations, class-balanced cross-entropy. When
    fine-tuning, starts from the base model's weights with a lower learning rate.
-4. Combination: ``a``, ``b``, class biases fitted on the validation split (log-loss).
+4. Combination: a multinomial logistic regression (stacking) on the linear logits and the
+   CNN log-probabilities, fitted on the validation split (log-loss: calibrated).
 5. Validation figures (good/bad accuracy, recall per reason) go into the model's
-   ``meta`` and are printed; the model is saved to ``out``.
+   ``meta`` and are printed; the stacking seen by each validation session is fitted on
+   the other validation sessions (5-fold by session), so they are held out; the model is
+   saved to ``out``.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import numpy as np
 import torch
 
 from cryoflow.errors import CryoflowError
-from cryoflow.micassess.data import Example, Ranges, simulate_examples
+from cryoflow.micassess.data import WIDE, WIDE_TAG, Example, Ranges, simulate_examples
 from cryoflow.micassess.features import FEATURES, FINE, FITTED_ONLY, GROUP, REASONS, TILE, pad_tile, tiles
 from cryoflow.micassess.model import Linear, MicAssessModel, MicCNN, standardize
 
@@ -39,6 +44,8 @@ class TrainSettings:
 
     n_sessions: int = 40
     seed: int = 0
+    wide_fraction: float = 1 / 3  # extra sessions at 1.8-4.2 Å/px (data.WIDE, seed + 1), per session of n_sessions
+    stack_c: float | None = None  # inverse L2 strength of the stacking; None: chosen from STACK_C by cross-fitting
     epochs: int = 30
     batch: int = 32
     lr: float = 2e-3
@@ -78,9 +85,12 @@ def fit_linear(x: np.ndarray, y: np.ndarray, weights: np.ndarray | None, c: floa
     a very negative intercept (never predicted)."""
     from sklearn.linear_model import LogisticRegression
 
-    mean = x.mean(0)
-    scale = x.std(0)
-    scale[scale < 1e-6] = 1.0
+    mean = np.nanmean(x, 0)
+    scale = np.nanstd(x, 0)
+    mean[~np.isfinite(mean)] = 0.0
+    scale[~np.isfinite(scale) | (scale < 1e-6)] = 1.0
+    lo, hi = np.nanmin(x, 0), np.nanmax(x, 0)
+    lo[~np.isfinite(lo)], hi[~np.isfinite(hi)] = -np.inf, np.inf
     z = standardize(x, mean, scale)
     cw = class_weights(y)
     sw = cw[y] * (weights if weights is not None else 1.0)
@@ -90,7 +100,7 @@ def fit_linear(x: np.ndarray, y: np.ndarray, weights: np.ndarray | None, c: floa
     intercept = np.full(len(FINE), -30.0)
     coef[clf.classes_] = clf.coef_
     intercept[clf.classes_] = clf.intercept_
-    return Linear(mean, scale, coef, intercept)
+    return Linear(mean, scale, coef, intercept, lo, hi)
 
 
 def as_ctf_failure(x: np.ndarray) -> np.ndarray:
@@ -213,25 +223,76 @@ def train_cnn(
     return net.eval()
 
 
-def fit_stack(lin: np.ndarray, cnn: np.ndarray, labels: np.ndarray) -> tuple[float, float, np.ndarray]:
-    """``a``, ``b``, class biases minimizing the log-loss of ``softmax(a lin + b cnn + bias)``."""
-    lt = torch.tensor(lin)
-    ct = torch.tensor(cnn)
-    y = torch.tensor(labels).long()
-    a = torch.tensor(1.0, dtype=torch.float64, requires_grad=True)
-    b = torch.tensor(1.0, dtype=torch.float64, requires_grad=True)
-    bias = torch.zeros(lin.shape[1], dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([a, b, bias], max_iter=200, line_search_fn="strong_wolfe")
+def fit_stack(
+    lin: np.ndarray, cnn: np.ndarray, labels: np.ndarray, c: float = 1.0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The stacking ``(W_lin (C, C), W_cnn (C, C), bias (C,))``: a multinomial logistic
+    regression (L2, inverse strength ``c``, unweighted: calibrated to the validation mix) on
+    the linear logits and the CNN log-probabilities; classes absent from ``labels`` get a
+    very negative bias (never predicted)."""
+    from sklearn.linear_model import LogisticRegression
 
-    def closure():
-        opt.zero_grad()
-        logits = a * lt + b * ct + bias
-        loss = torch.nn.functional.cross_entropy(logits, y) + 1e-3 * (bias**2).sum()
-        loss.backward()
-        return loss
+    n = lin.shape[1]
+    clf = LogisticRegression(C=c, max_iter=5000)
+    clf.fit(np.hstack([lin, cnn]), labels)
+    w = np.zeros((n, 2 * n))
+    bias = np.full(n, -30.0)
+    w[clf.classes_] = clf.coef_
+    bias[clf.classes_] = clf.intercept_
+    return w[:, :n], w[:, n:], bias
 
-    opt.step(closure)
-    return max(a.item(), 0.0), max(b.item(), 0.0), bias.detach().numpy()
+
+STACK_C = (0.1, 0.3, 1.0)  # candidate inverse L2 strengths of the stacking
+
+
+def fit_combination(
+    model: MicAssessModel,
+    lin_v: np.ndarray,
+    cnn_v: np.ndarray,
+    y_val: np.ndarray,
+    val: list[Example],
+    c: float | None = None,
+    log=print,
+) -> tuple[np.ndarray | None, float]:
+    """Fit ``model``'s stacking on the validation examples (in place). ``c`` None: the
+    candidate of :data:`STACK_C` with the lowest cross-fitted log-loss (5-fold by session).
+    Returns the cross-fitted probabilities of the validation examples (None when there are
+    too few sessions to cross-fit) and the ``c`` used."""
+    groups = [e.name.split("_")[0] if not e.name.startswith("user_") else e.name for e in val]
+    candidates = STACK_C if c is None else (c,)
+    best = None
+    for cand in candidates:
+        p = cross_fitted(lin_v, cnn_v, y_val, groups, cand)
+        loss = float(-np.mean(np.log(np.clip(p[np.arange(len(y_val)), y_val], 1e-12, 1)))) if p is not None else 0.0
+        if len(candidates) > 1:
+            log(f"  stacking C={cand}: cross-fitted log-loss {loss:.4f}")
+        if best is None or loss < best[0]:
+            best = (loss, cand, p)
+    _, c, p_val = best
+    model.stack_lin, model.stack_cnn, model.stack_bias = fit_stack(lin_v, cnn_v, y_val, c)
+    return p_val, c
+
+
+def cross_fitted(
+    lin: np.ndarray, cnn: np.ndarray, labels: np.ndarray, groups: list[str], c: float = 1.0, folds: int = 5
+) -> np.ndarray | None:
+    """Fine-class probabilities ``(N, C)`` of each example from a stacking fitted without
+    its group (session): ``folds``-fold by group. None with fewer than ``folds`` groups."""
+    names = sorted(set(groups))
+    if len(names) < folds:
+        return None
+    order = np.random.default_rng(0).permutation(len(names))
+    fold_of = {names[j]: k % folds for k, j in enumerate(order)}
+    fold = np.array([fold_of[g] for g in groups])
+    out = np.zeros_like(lin)
+    for k in range(folds):
+        test = fold == k
+        wl, wc, b = fit_stack(lin[~test], cnn[~test], labels[~test], c)
+        logits = lin[test] @ wl.T + cnn[test] @ wc.T + b
+        logits -= logits.max(1, keepdims=True)
+        p = np.exp(logits)
+        out[test] = p / p.sum(1, keepdims=True)
+    return out
 
 
 def evaluate(model: MicAssessModel, examples: list[Example], device="cpu") -> dict:
@@ -242,7 +303,7 @@ def evaluate(model: MicAssessModel, examples: list[Example], device="cpu") -> di
 
 def predict_examples(model: MicAssessModel, examples: list[Example], device="cpu"):
     x = np.stack([e.features for e in examples])
-    lin = model.linear.log_proba(x)
+    lin = model.linear.logits(x)
     cnn = model.cnn_log_proba(
         [tiles(e.cnn.astype(np.float32)) for e in examples], np.stack([e.spectrum for e in examples]), device
     )
@@ -294,6 +355,9 @@ def train(
     user = user or []
     t0 = time.perf_counter()
     sim = simulate_examples(settings.n_sessions, settings.seed, ranges, cache=cache) if settings.n_sessions else []
+    n_wide = round(settings.wide_fraction * settings.n_sessions)
+    if n_wide and ranges is None:
+        sim += simulate_examples(n_wide, settings.seed + 1, WIDE, cache=cache, tag=WIDE_TAG)
     log(
         f"micassess train: {len(sim)} simulated micrographs, {len(user)} user-labelled ({time.perf_counter() - t0:.0f} s)"
     )
@@ -352,17 +416,24 @@ def train(
 
     model = MicAssessModel(classes=list(FINE), linear=linear, cnn=cnn.cpu())
     _, lin_v, cnn_v = predict_examples(model, val)
+    p_val = None
     if held_out:
-        model.stack_a, model.stack_b, model.stack_bias = fit_stack(lin_v, cnn_v, y_val)
+        p_val, stack_c = fit_combination(model, lin_v, cnn_v, y_val, val, settings.stack_c, log)
     elif base is not None:
-        model.stack_a, model.stack_b, model.stack_bias = base.stack_a, base.stack_b, base.stack_bias.copy()
+        model.stack_lin, model.stack_cnn = base.stack_lin.copy(), base.stack_cnn.copy()
+        model.stack_bias = base.stack_bias.copy()
     model.train_features = x
     model.train_labels = [FINE[i] for i in y_lin]
-    val_figures = figures(model, model.combine(lin_v, cnn_v), [e.reason for e in val])
+    cross = p_val is not None
+    val_figures = figures(model, p_val if cross else model.combine(lin_v, cnn_v), [e.reason for e in val])
+    val_figures["stacking_cross_fitted"] = cross
+    if held_out:
+        val_figures["stacking_c"] = stack_c
     model.meta = {
         "trained": time.strftime("%Y-%m-%d"),
         "simulated_micrographs": len(sim),
         "simulated_sessions": len(sessions),
+        "wide_sessions": len([s for s in sessions if s.startswith(WIDE_TAG)]),
         "validation_sessions": sorted(val_sessions),
         "user_micrographs": len(user),
         "validation_held_out": held_out,
@@ -378,7 +449,10 @@ def train(
     )
     for g, r in val_figures["recall_per_reason"].items():
         log(f"    recall {g:<16} {r:.3f}  (n={val_figures['counts'][g]})")
-    log(f"  stacking: a={model.stack_a:.3f} (linear) b={model.stack_b:.3f} (cnn) -> {out}")
+    log(
+        f"  stacking ({'cross-fitted figures' if cross else 'figures in-sample'}): weight on the linear logits "
+        f"{np.abs(model.stack_lin).sum():.1f}, on the CNN {np.abs(model.stack_cnn).sum():.1f} -> {out}"
+    )
     return model
 
 
@@ -480,6 +554,7 @@ def model_card(model: MicAssessModel, command: str) -> str:
     m = model.meta
     v = m.get("validation", {})
     ranges = asdict(Ranges())
+    st = m.get("settings", {})
     lines = [
         "# micassess: bad-micrograph detection model",
         "",
@@ -492,7 +567,10 @@ def model_card(model: MicAssessModel, command: str) -> str:
         "## Training data",
         "",
         f"- {m.get('simulated_micrographs')} simulated micrographs in {m.get('simulated_sessions')} sessions "
-        f"(`cryoflow.micassess.data`, seed {m.get('settings', {}).get('seed')}), {m.get('user_micrographs')} user-labelled.",
+        f"(`cryoflow.micassess.data`): {m.get('simulated_sessions', 0) - m.get('wide_sessions', 0)} sessions of seed "
+        f"{st.get('seed')} at the ranges below, and {m.get('wide_sessions', 0)} sessions of seed {st.get('seed', 0) + 1} "
+        f"at pixel sizes {WIDE.pixel_size} Å (binned data, `data.WIDE`; otherwise the same ranges); "
+        f"{m.get('user_micrographs')} user-labelled.",
         "- Per session: one pixel size, dose, detector (falcon4, k3, counting), voltage (300 kV, 20% 200 kV) and one or two "
         "species (PDB 7DDO or procedural globular/elongated/ring/multimer particles); per micrograph its own defocus, "
         "astigmatism, B-factor, ice thickness, particle density, junk fraction and, for about 55%, one simulator defect "
@@ -502,15 +580,22 @@ def model_card(model: MicAssessModel, command: str) -> str:
         + ", ".join(f"{k} {val}" for k, val in ranges.items() if k not in ("balanced", "species_seed_offset")),
         "- Each micrograph went through `cryoflow.ctf.estimate` (tilt skipped) and the same feature code as prediction.",
         f"- Validation: the sessions {', '.join(m.get('validation_sessions', []))} were held out of training and used to "
-        "fit the combination (stacking + calibration); their figures are below.",
+        "fit the combination (stacking + calibration); their figures are below"
+        + (
+            ", each session's from a stacking fitted on the other validation sessions (5-fold by session)."
+            if v.get("stacking_cross_fitted")
+            else " (the stacking fitted on them too: optimistic)."
+        ),
         "",
         "## Model",
         "",
-        f"- Linear part: scikit-learn LogisticRegression (multinomial, L2 C={m.get('settings', {}).get('c')}, class "
+        f"- Linear part: scikit-learn LogisticRegression (multinomial, L2 C={st.get('c')}, class "
         f"weights: good as heavy as all bad classes together, bad classes equal) on {len(FEATURES)} standardized features "
-        f"({len(DENSITY_FEATURES)} of them local particle-density statistics of the 4 Å/px image); {int(m.get('settings', {}).get('ctf_dropout', 0) * 100)}% "
-        f"of the good micrographs added again as CTF failures and {int(m.get('settings', {}).get('weak_particles', 0) * 100)}% "
-        "with fainter particles (noise added before the density statistics, `as_weak_particles`).",
+        f"({len(DENSITY_FEATURES)} of them local particle-density statistics of the 4 Å/px image); "
+        f"{int(st.get('ctf_dropout', 0) * 100)}% of the good micrographs added again as CTF failures and "
+        f"{int(st.get('weak_particles', 0) * 100)}% with fainter particles (noise added before the density statistics, "
+        "`as_weak_particles`). At prediction each feature is clipped to its training range (no extrapolation) and "
+        "then to ±4 standard deviations; an unmeasured feature (the ice ring beyond Nyquist) counts 0 (no evidence).",
         f"- CNN: {sum(p.numel() for p in model.cnn.parameters())} parameters; input tiles of 192 px at 4 Å/px (contrast, "
         "standardized image, mask) through four stride-2 blocks (receptive field 132 Å) and two context layers "
         "(516 Å: clumps, how the field is filled)"
@@ -519,10 +604,16 @@ def model_card(model: MicAssessModel, command: str) -> str:
             if model.cnn.spectrum is not None
             else " (no spectrum branch: see `MicCNN`); "
         )
-        + f"{m.get('settings', {}).get('epochs')} epochs, AdamW, one-cycle learning rate {m.get('settings', {}).get('lr')}; "
+        + f"{st.get('epochs')} epochs, AdamW, one-cycle learning rate {st.get('lr')}; "
         "random tiles, flips, rotations, contrast, noise and illumination-gradient augmentation; aggregation and "
         "crowding weighted x2.",
-        f"- Combination: softmax(a log p_linear + b log p_cnn + bias), a = {model.stack_a:.3f}, b = {model.stack_b:.3f}; "
+        "- Combination (stacking): a multinomial LogisticRegression (L2 C="
+        f"{v.get('stacking_c', st.get('stack_c'))}, chosen among {STACK_C} by cross-fitted log-loss; unweighted, "
+        "so calibrated) on the linear part's class-centred logits and the CNN's "
+        "log-probabilities, softmax(W_lin logits_linear + W_cnn log p_cnn + bias), fitted on the validation sessions; "
+        "each class takes its evidence where it is (aggregation from the CNN, thick ice and poor CTF from the "
+        "features) and the result stays linear in the features (exact per-feature evidence); "
+        f"weight |W_lin| {np.abs(model.stack_lin).sum():.1f}, |W_cnn| {np.abs(model.stack_cnn).sum():.1f}; "
         f"threshold on P(good) {model.threshold}.",
         f"- Classes (fine): {', '.join(model.classes)}; reported reasons: {', '.join(REASONS)} "
         "(crack, drift, aggregation and crowding under contamination; astigmatism under poor_ctf).",
