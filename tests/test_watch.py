@@ -180,6 +180,15 @@ def test_batches_split_between_free_workers_and_wait_for_the_search(tmp_path):
     assert [len(w.batches[b]) for b in w._form(2)] == [1]  # waited search_wait_s: goes alone
     w.journal.close()
 
+    # a search batch with too few good micrographs (bad holes) doubles the next one
+    inp3, out3 = tmp_path / "in3", tmp_path / "out3"
+    _write(inp3, 9)
+    w = Watcher(inp3, out3, options)
+    w.scan()
+    w.search_misses = 1
+    assert [len(w.batches[b]) for b in w._form(2)] == [8]
+    w.journal.close()
+
 
 def test_worker_failures(tmp_path, monkeypatch):
     """A batch failing in a worker is journaled as failed (retried at the next start) and the

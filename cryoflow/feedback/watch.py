@@ -54,7 +54,8 @@ atomically.
 Picking: diameter (Å) and threshold (noise σ) are searched on the first batch with at
 least ``search_min`` micrographs passing micassess, journaled, and given to every later
 batch, so every batch is picked the same way (until then one batch runs at a time, of at
-least ``search_min`` micrographs or after ``search_wait_s``). The particle box and binning
+least ``search_min`` micrographs or after ``search_wait_s``, twice as many after each search
+batch that had fewer good micrographs than that). The particle box and binning
 are fixed with them (journaled in the same ``params`` event; by default 1.5 x the diameter,
 binned to at most 64 px: enough for 2D and the particle classifier, cheap to classify).
 
@@ -239,6 +240,9 @@ class Watcher:
         self.batches: dict[str, list[str]] = {}  # id -> relative file paths, in journal order
         self.done: set[str] = set()
         self.params: dict | None = None
+        #: search batches that ended with fewer than ``search_min`` micrographs passing micassess
+        #: (each doubles the next search batch: a grid with bad holes still reaches a search)
+        self.search_misses = 0
         #: mean intensities of the fitted micrographs of the complete batches: the session's reference
         #: for the relative ice thickness (see ``run_ctf``'s ``session_intensities``)
         self.intensities: list[float] = []
@@ -535,6 +539,8 @@ class Watcher:
                 summary = json.loads(s.read_text(encoding="utf-8"))
                 if summary.get("micrographs", 0) >= self.opt.search_min:
                     self._set_params(summary, b)
+                else:
+                    self.search_misses += 1
         return True
 
     def _steps(self, b: str, paths: list[Path], tmp: Path, task: dict, record: list[dict]) -> list[float]:
@@ -1011,12 +1017,15 @@ class Watcher:
         workers (two files and two idle workers: two batches of one, for latency). A batch
         smaller than ``batch`` starts once its oldest file has waited ``max_latency_s`` after
         settling. Until picking's diameter and threshold are fixed, a batch needs
-        ``search_min`` files (or waits ``search_wait_s``), so the search sees enough micrographs.
+        ``search_min`` files (or waits ``search_wait_s``), so the search sees enough micrographs;
+        twice as many after each search batch that had too few micrographs passing micassess
+        (up to 8x: on a grid where a quarter of the holes are bad, batches of 4 good ones are rare).
         """
         opt = self.opt
         ready = self.pending()
         search = "pick" in opt.steps and self.params is None
-        full = max(opt.batch, opt.search_min) if search else opt.batch
+        grown = opt.search_min * 2 ** min(self.search_misses, 3)
+        full = max(opt.batch, grown) if search else opt.batch
         wait = max(opt.max_latency_s, opt.search_wait_s) if search else opt.max_latency_s
         if search:
             slots = min(slots, 1)
