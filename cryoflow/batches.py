@@ -1,27 +1,56 @@
 """Micrographs in batches for a scattered workflow step, and the batches' step folders merged back.
 
-A per-micrograph step (the CTF fit) runs on batches of micrographs in parallel, one CWL scatter
-job per batch (``workflows/preprocess.cwl``, ``workflows/screening.cwl``);
-steps that decide per dataset (micassess's thresholds, pick's parameter search) run on the
-merged result, so the outcome does not depend on the batching.
+The per-micrograph steps (CTF fit, picking, extraction) run on batches of micrographs in
+parallel, one CWL scatter job per batch (``workflows/preprocess.cwl``,
+``workflows/screening.cwl``), so a workflow scales out on Toil, Slurm or Arvados; what a step
+decides per dataset is decided once, so the outcome does not depend on the batching:
 
-:func:`split_micrographs` (``cryoflow split``) writes one micrographs STAR file per batch.
-A folder's micrographs are named ``<folder name>/<path inside the folder>``: the name
-resolves in any working directory where the folder is staged under that name, as
-``tools/ctf.cwl`` stages its ``images`` input under its CWL basename (a CWL runner stages
-every input somewhere else, so an absolute path written by one job means nothing to the
-next; Toil even stages a folder under a temporary name, hence ``folder_name``). Micrographs are
-grouped into optics groups by the pixel size in their headers, numbered over the whole set,
-so every batch carries the same ``data_optics``. A STAR input is cut into batches as it is.
+- ctf: each micrograph is fitted alone; the one dataset-relative figure (ice thickness) is
+  recomputed over the whole set by the merge.
+- micassess runs on the merged CTF results (its thresholds are per dataset).
+- pick: its automatic parameters are per dataset (diameter, score threshold, the median
+  pick's score that sets the ceiling and the flank floor, the CNN picker's training and logit
+  threshold, the junk tests' spreads). One parameter search, ``cryoflow pick`` on
+  ``sample.star`` (up to ``--sample`` micrographs spread evenly over the good ones, all of them
+  in a small set), takes them and records them at full precision (summary.json ``fixed``,
+  ``picker_state.pt``); every batch is then picked with them (``cryoflow pick --parameters``),
+  so each micrograph is picked exactly as one job over all micrographs with that search
+  would pick it, and, when the sample is the whole set, exactly as the unscattered
+  ``cryoflow pick`` does (``tests/test_batches.py`` checks both).
+- extract: each batch extracts its own pick batch; the box comes from the pick folder's
+  diameter (the search's), so it is one box for all batches.
+
+:func:`split_micrographs` (``cryoflow split``) writes one micrographs STAR file per batch
+(and ``sample.star`` with ``sample``). A folder's micrographs are named
+``<folder name>/<path inside the folder>``: the name resolves in any working directory where
+the folder is staged under that name, as ``tools/ctf.cwl`` stages its ``images`` input under
+its CWL basename (a CWL runner stages every input somewhere else, so an absolute path written by
+one job means nothing to the next; Toil even stages a folder under a temporary name, hence
+``folder_name``). Micrographs are grouped into optics groups by the pixel size in their
+headers, numbered over the whole set, so every batch carries the same ``data_optics``. A STAR
+input (micassess's ``micrographs_good.star`` for pick and extract) is cut into batches as it
+is; its names resolve as they did for the whole set (pick and extract look them up in their
+``--images`` folder).
 
 :func:`merge_step_folders` (``cryoflow merge``) joins the step folders of the batches
 (in the order of their names, ``batch_001``, ``batch_002``, ...) into one folder laid out
-as the step itself would have written it for the whole set. For ``ctf`` folders:
-``micrographs_ctf.star`` (+ ``micrographs_ctf_failed.star``) concatenated under one optics
-table, the dataset-relative ice thickness recomputed over all micrographs (it is relative
-to the dataset's thinnest typical ice, so per batch it would differ), ``diagnostics/``,
-summary.json with the step's figures over the whole set, a report of the whole set, and
-each batch's own report under ``batches/<name>/``.
+as the step itself would have written it for the whole set, with summary.json over the whole
+set, a report of the whole set, and each batch's own report under ``batches/<name>/``:
+
+- ``ctf`` folders: ``micrographs_ctf.star`` (+ ``micrographs_ctf_failed.star``) concatenated
+  under one optics table, the dataset-relative ice thickness recomputed over all micrographs
+  (it is relative to the dataset's thinnest typical ice, so per batch it would differ),
+  ``diagnostics/``.
+- ``pick`` folders (every batch picked with the same ``fixed`` decisions, else an error):
+  ``coordinates.star`` and ``coordinates/`` (the per-micrograph files, paths as one pick job
+  writes them), the search's ``picker_state.pt`` / ``self_template.mrcs`` (so the merged folder
+  can itself be given to ``--parameters``), summary.json with the per-micrograph figures joined
+  and the search's evidence, the search's report under ``search/``.
+- ``extract`` folders (one box for all, else an error): ``particles.star`` under one optics
+  table (``rlnImageName`` ``N@Particles/<micrograph>.mrcs``, relative to the merged folder as
+  to each batch's), the stacks, ``particles.cs`` made over all particles with the extract
+  seed (the uids one extract job over the set gives), the report's gallery and average from
+  the merged stacks.
 """
 
 from __future__ import annotations
@@ -76,13 +105,30 @@ def _micrograph_table(inputs, folder_name: str | None = None) -> tuple[pd.DataFr
     return optics, pd.DataFrame({"rlnMicrographName": names, "rlnOpticsGroup": groups})
 
 
-def split_micrographs(inputs, out: str | os.PathLike, batch_size: int = 10, folder_name: str | None = None) -> dict:
+SAMPLE_STAR = "sample.star"
+
+
+def sample_rows(n: int, size: int) -> np.ndarray:
+    """Indices of up to ``size`` of ``n`` micrographs spread evenly over the set (first and last included)."""
+    return np.unique(np.linspace(0, n - 1, min(size, n)).round().astype(int)) if n and size > 0 else np.zeros(0, int)
+
+
+def split_micrographs(
+    inputs,
+    out: str | os.PathLike,
+    batch_size: int = 10,
+    folder_name: str | None = None,
+    sample: int | None = None,
+) -> dict:
     """Write ``out/batch_NNN.star``, ``batch_size`` micrographs each (the last may hold fewer).
 
     ``inputs``: as ``cryoflow ctf`` takes them (folder, files, globs or one STAR file).
     ``folder_name``: the name a folder input is known by where the batches are used (default:
     its own; a CWL runner may stage it under another name, e.g. Toil, while the next job
-    stages it under its CWL basename). Returns ``{"micrographs": n, "batches": [file names]}``.
+    stages it under its CWL basename). ``sample``: also write ``out/sample.star``, up to that many
+    micrographs spread evenly over the set (:func:`sample_rows`; all of them when the set is no
+    larger), on which a step that decides per dataset searches its parameters (pick).
+    Returns ``{"micrographs": n, "batches": [file names], "sample": file name or None}``.
     """
     from cryoflow.io import StarTable, atomic_dir, write_table
 
@@ -90,6 +136,8 @@ def split_micrographs(inputs, out: str | os.PathLike, batch_size: int = 10, fold
     _check_out(out)
     if batch_size < 1:
         raise CryoflowError(None, f"--batch-size must be at least 1, got {batch_size}")
+    if sample is not None and sample < 1:
+        raise CryoflowError(None, f"--sample must be at least 1, got {sample}")
     if folder_name is not None and (not folder_name or "/" in folder_name or folder_name in (".", "..")):
         raise CryoflowError(None, f"--folder-name must be a plain folder name, got {folder_name!r}")
     optics, table = _micrograph_table(inputs, folder_name)
@@ -102,7 +150,15 @@ def split_micrographs(inputs, out: str | os.PathLike, batch_size: int = 10, fold
             rows = table.iloc[b * batch_size : (b + 1) * batch_size].reset_index(drop=True)
             write_table(tmp / name, StarTable(optics, rows, "micrographs"))
             names.append(name)
-    return {"micrographs": len(table), "batch_size": batch_size, "batches": names}
+        if sample is not None:
+            rows = table.iloc[sample_rows(len(table), sample)].reset_index(drop=True)
+            write_table(tmp / SAMPLE_STAR, StarTable(optics, rows, "micrographs"))
+    return {
+        "micrographs": len(table),
+        "batch_size": batch_size,
+        "batches": names,
+        "sample": SAMPLE_STAR if sample is not None else None,
+    }
 
 
 # --- merging ------------------------------------------------------------------------------
@@ -155,15 +211,36 @@ def _batch_folders(folders) -> list[Path]:
     return folders
 
 
-def merge_step_folders(folders, out: str | os.PathLike) -> dict:
-    """Merge the step folders of the batches of one step into ``out`` (see the module doc)."""
+#: the file that tells each step's folder, and the merge of that step
+STEP_FILES = {"ctf": "micrographs_ctf.star", "pick": "coordinates.star", "extract": "particles.star"}
+
+
+def merge_step_folders(folders, out: str | os.PathLike, search: str | os.PathLike | None = None, seed: int = 0) -> dict:
+    """Merge the step folders of the batches of one step into ``out`` (see the module doc).
+
+    ``search``: for pick, the folder of the parameter search whose ``fixed`` decisions the
+    batches used (its report and evidence go to ``out/search/``); ``seed``: for extract, the
+    seed of the cryoSPARC uids (as ``cryoflow extract --seed``; the merged particles.cs is made
+    over all particles with it, as one extract job writes it). Returns the merged summary."""
     folders = _batch_folders(folders)
     out = Path(out)
     _check_out(out)
-    if all((f / "micrographs_ctf.star").is_file() for f in folders):
-        return _merge_ctf(folders, out)
-    missing = next(f for f in folders if not (f / "micrographs_ctf.star").is_file())
-    raise CryoflowError(missing, "not a ctf step folder (no micrographs_ctf.star); cryoflow merge joins ctf batches")
+    for step, name in STEP_FILES.items():
+        if all((f / name).is_file() for f in folders):
+            if search is not None and step != "pick":
+                raise CryoflowError(
+                    Path(search), "--search is the pick step's parameter search; these are not pick folders"
+                )
+            if step == "ctf":
+                return _merge_ctf(folders, out)
+            if step == "pick":
+                return _merge_pick(folders, out, Path(search) if search is not None else None)
+            return _merge_extract(folders, out, seed)
+    raise CryoflowError(
+        folders[0],
+        "not a ctf, pick or extract step folder of a batch (none of micrographs_ctf.star, coordinates.star, "
+        "particles.star in every folder); cryoflow merge joins the batches of one step",
+    )
 
 
 def _copy_report(folder: Path, dest: Path) -> None:
@@ -353,3 +430,295 @@ def _ctf_report(out: Path, fitted: pd.DataFrame, failed: pd.DataFrame, optics: p
         "The batches fitted in parallel (one workflow job each) and their own reports, relative to this folder.",
     ).table(batches, columns=["batch", "micrographs", "fitted", "report"])
     report.write(out, summary=summary)
+
+
+# --- pick ---------------------------------------------------------------------------------
+
+
+def _merge_pick(folders: list[Path], out: Path, search: Path | None) -> dict:
+    """Coordinates of the batches (picked with one search's ``fixed`` decisions) as one pick folder."""
+    from cryoflow.io import atomic_dir, read_blocks, write_blocks
+    from cryoflow.picking.pick import COORDINATE_DIR, COORDINATES_STAR, PICKER_STATE, SELF_TEMPLATE
+
+    summaries = [_read_json(f / "summary.json") for f in folders]
+    fixed = [s.get("fixed") for s in summaries]
+    if any(f != fixed[0] for f in fixed):
+        bad = folders[next(i for i, f in enumerate(fixed) if f != fixed[0])]
+        raise CryoflowError(
+            bad,
+            f"was picked with other parameters than {folders[0].name} (summary.json 'fixed' differs); "
+            "pick every batch with the same --parameters",
+        )
+    if search is not None and not (search / "summary.json").is_file():
+        raise CryoflowError(search, "not a pick folder (no summary.json); --search takes the parameter search's folder")
+    search_summary = _read_json(search / "summary.json") if search is not None else {}
+    if search is not None and search_summary.get("fixed") is not None and fixed[0] is not None:
+        if {k: v for k, v in search_summary["fixed"].items()} != fixed[0]:
+            raise CryoflowError(search, "is not the search the batches were picked with (its 'fixed' record differs)")
+    index, seen, batches = [], set(), []
+    with atomic_dir(out) as tmp:
+        for folder, s in zip(folders, summaries, strict=True):
+            table = read_blocks(folder / COORDINATES_STAR).get("coordinate_files", pd.DataFrame())
+            for record in table.to_dict("records"):
+                rel = str(record["rlnMicrographCoordinates"])
+                if rel in seen:
+                    raise CryoflowError(folder / rel, "the same micrograph's coordinates in two batches")
+                seen.add(rel)
+                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(folder / rel, tmp / rel)
+                index.append(record)
+            _copy_report(folder, tmp / "batches" / folder.name)
+            batches.append(
+                {
+                    "batch": folder.name,
+                    "micrographs": s.get("micrographs"),
+                    "particles": s.get("particles"),
+                    "report": f"batches/{folder.name}/report.html" if (folder / "report.html").is_file() else None,
+                }
+            )
+        (tmp / COORDINATE_DIR).mkdir(exist_ok=True)
+        write_blocks(tmp / COORDINATES_STAR, {"coordinate_files": pd.DataFrame(index)})
+        for name in (PICKER_STATE, SELF_TEMPLATE):  # what the batches picked with, as a whole pick folder holds it
+            for source in ([search] if search is not None else []) + folders:
+                if (source / name).is_file():
+                    shutil.copyfile(source / name, tmp / name)
+                    break
+        if search is not None:
+            _copy_report(search, tmp / "search")
+        summary = _pick_summary(summaries, search_summary, batches, search is not None)
+        _pick_report(tmp, summary)
+    return summary
+
+
+def _sum(summaries: list[dict], *keys) -> int:
+    total = 0
+    for s in summaries:
+        value = s
+        for k in keys:
+            value = (value or {}).get(k) if isinstance(value, dict) else None
+        total += int(value or 0)
+    return total
+
+
+def _pick_summary(summaries: list[dict], search: dict, batches: list[dict], has_search: bool) -> dict:
+    """The pick step's summary.json over the batches: counts summed, per-micrograph figures joined,
+    the fixed decisions (the same in every batch) and the search's evidence."""
+    first = summaries[0]
+    per_mic = {k: v for s in summaries for k, v in s.get("picks_per_micrograph", {}).items()}
+    junk = None
+    if first.get("junk_tests") is not None:
+        junk = dict(first["junk_tests"])
+        junk["picks_tested"] = _sum(summaries, "junk_tests", "picks_tested")
+        junk["rejected"] = {k: _sum(summaries, "junk_tests", "rejected", k) for k in junk.get("rejected", {})}
+        junk["rejected_total"] = _sum(summaries, "junk_tests", "rejected_total")
+    cnn = None
+    if first.get("cnn") is not None:
+        cnn = dict(search.get("cnn") or first["cnn"])  # the training (the search's), the batches' counts
+        cnn["blob_picks"] = _sum(summaries, "cnn", "blob_picks")
+        cnn["kept"] = _sum(summaries, "cnn", "kept")
+    flank = dict(first.get("flank_peaks") or {})
+    if flank:
+        flank["kept"], flank["dropped"] = (
+            _sum(summaries, "flank_peaks", "kept"),
+            _sum(summaries, "flank_peaks", "dropped"),
+        )
+    seconds = [float((s.get("seconds") or {}).get("total") or 0.0) for s in summaries]
+    return {
+        "micrographs": sum(int(s.get("micrographs", 0)) for s in summaries),
+        "particles": sum(int(s.get("particles", 0)) for s in summaries),
+        "stage": {
+            "micrographs": _sum(summaries, "stage", "micrographs"),
+            "particles": _sum(summaries, "stage", "particles"),
+        },
+        "diameter_A": first.get("diameter_A"),
+        "diameter_source": search.get("diameter_source", first.get("diameter_source")),
+        "filter_diameter_A": first.get("filter_diameter_A"),
+        "picker": first.get("picker"),
+        "picker_choice": search.get("picker_choice", first.get("picker_choice")),
+        "cnn": cnn,
+        "templates": first.get("templates"),
+        "threshold": first.get("threshold"),
+        "threshold_source": search.get("threshold_source", first.get("threshold_source")),
+        "ceiling": first.get("ceiling"),
+        "rejected_too_strong": _sum(summaries, "rejected_too_strong"),
+        "junk_tests": junk,
+        "flank_peaks": flank or None,
+        "min_distance_A": first.get("min_distance_A"),
+        "edge_margin_A": first.get("edge_margin_A"),
+        "picks_per_micrograph": per_mic,
+        "excluded_fraction": {k: v for s in summaries for k, v in s.get("excluded_fraction", {}).items()},
+        "threshold_search": search.get("threshold_search"),
+        "diameter_search": search.get("diameter_search"),
+        "seconds": {
+            "search": (search.get("seconds") or {}).get("total"),
+            "batches_total": round(sum(seconds), 3),
+            "batch_max": round(max(seconds), 3) if seconds else 0.0,
+        },
+        "fixed": first.get("fixed"),
+        "search": {
+            "micrographs": search.get("micrographs"),
+            "particles": search.get("particles"),
+            "report": "search/report.html",
+        }
+        if has_search
+        else None,
+        "merged_from": batches,
+    }
+
+
+def _pick_report(out: Path, summary: dict) -> None:
+    """The pick report over the merged set: the decisions (taken once, by the search), the picks
+    per micrograph, links to the search's report (its evidence and overlays) and each batch's."""
+    import matplotlib.pyplot as plt
+
+    from cryoflow.report import Report
+
+    s = summary
+    report = Report(
+        "Particle picking",
+        step="pick",
+        intro="Particles picked on every micrograph in batches, in parallel (one workflow job each), with the "
+        "parameters a search took once"
+        + (
+            " on a sample of the micrographs (its report, with the evidence for each choice, is linked below)"
+            if s["search"]
+            else ""
+        )
+        + ": the diameter, the score threshold, the CNN picker and the junk tests' limits. Each micrograph is "
+        "therefore picked as one job over all of them would pick it.",
+    )
+    ov = report.section("Overview", "What was picked, with which parameters.")
+    ov.metric("Micrographs", s["micrographs"], "", "Micrographs picked.")
+    ov.metric("Particles", s["particles"], "", "Picks kept, over every batch.")
+    ov.metric(
+        "Diameter", s["diameter_A"], "Å", f"Particle diameter ({s['diameter_source']}); extraction's box follows it."
+    )
+    ov.metric(
+        "Threshold", s["threshold"], "σ", f"Score threshold in noise standard deviations ({s['threshold_source']})."
+    )
+    ran = (s.get("picker_choice") or {}).get("ran", s.get("picker"))
+    ov.text(f"Picker: {ran}. Junk tests rejected {(s.get('junk_tests') or {}).get('rejected_total', 0)} picks.")
+    picks = np.asarray(list(s["picks_per_micrograph"].values()), dtype=float)
+    if picks.size:
+        fig, ax = plt.subplots(figsize=(7, 2.6))
+        ax.plot(np.arange(picks.size), picks, "o-", ms=3, lw=0.6, color="#1f6f8b")
+        ax.set_xlabel("micrograph (acquisition order)")
+        ax.set_ylabel("picks")
+        report.section("Picks per micrograph", "Over every batch, in acquisition order.").figure(
+            fig, "Picks per micrograph: drops point to empty holes, thick ice or aggregation."
+        )
+    if s["search"]:
+        report.section(
+            "Parameter search",
+            f"The search ran on {s['search']['micrographs']} micrographs spread over the set; its report shows the "
+            "diameter response, the threshold against the noise null, the CNN's training and picks drawn on "
+            "micrographs.",
+        ).table(
+            [{"search": "parameter search", "micrographs": s["search"]["micrographs"], "report": s["search"]["report"]}]
+        )
+    report.section("Batches", "The batches picked in parallel and their own reports, relative to this folder.").table(
+        s["merged_from"], columns=["batch", "micrographs", "particles", "report"]
+    )
+    report.write(out, summary=summary)
+
+
+# --- extract ------------------------------------------------------------------------------
+
+
+def _merge_extract(folders: list[Path], out: Path, seed: int) -> dict:
+    """Particles of the batches (one box for all) as one extract folder: particles.star under one
+    optics table, the stacks, particles.cs over all particles, summary and report."""
+    from cryoflow.io import StarTable, atomic_dir, write_table
+    from cryoflow.picking.cryosparc import particles_cs, write_cs
+    from cryoflow.picking.extract import GALLERY, STACK_DIR
+
+    summaries = [_read_json(f / "summary.json") for f in folders]
+    for key in ("box", "window", "bin", "phase_flipped", "ramp_removed"):
+        values = {repr(s.get(key)) for s in summaries}
+        if len(values) > 1:
+            raise CryoflowError(
+                folders[0].parent,
+                f"the batches were extracted with different {key} ({sorted(values)}); use one for all",
+            )
+    particles, counts = concat_tables([f / "particles.star" for f in folders], "particles")
+    shapes: dict[str, tuple[int, int]] = {}
+    for folder in folders:
+        cs = np.load(folder / "particles.cs", allow_pickle=False)
+        for name, shape in zip(cs["location/micrograph_path"], cs["location/micrograph_shape"], strict=True):
+            shapes[name.decode()] = (int(shape[0]), int(shape[1]))
+    table = particles.table
+    if not len(table):
+        raise CryoflowError(folders[0].parent, f"no particle was extracted in any of the {len(folders)} batches")
+    # the optics groups the particles use, as one extract job writes them (an empty batch lists its micrographs')
+    used = set(table["rlnOpticsGroup"].astype(int))
+    optics = particles.optics[particles.optics["rlnOpticsGroup"].isin(used)].reset_index(drop=True)
+    first = next(s for s, n in zip(summaries, counts, strict=True) if n)
+    batches = []
+    with atomic_dir(out) as tmp:
+        seen: set[str] = set()
+        for folder, s, count in zip(folders, summaries, counts, strict=True):
+            for stack in (folder / STACK_DIR).rglob("*.mrcs") if (folder / STACK_DIR).is_dir() else []:
+                rel = stack.relative_to(folder).as_posix()
+                if rel in seen:
+                    raise CryoflowError(stack, "the same micrograph's stack in two batches")
+                seen.add(rel)
+                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(stack, tmp / rel)
+            _copy_report(folder, tmp / "batches" / folder.name)
+            batches.append(
+                {
+                    "batch": folder.name,
+                    "micrographs": s.get("micrographs"),
+                    "particles": count,
+                    "report": f"batches/{folder.name}/report.html" if (folder / "report.html").is_file() else None,
+                }
+            )
+        write_table(tmp / "particles.star", StarTable(optics, table, "particles"))
+        write_cs(tmp / "particles.cs", particles_cs(table, optics, shapes, seed=seed))
+        per_mic = [r for s in summaries for r in s.get("per_micrograph", [])]
+        seconds = sum(float(s.get("seconds") or 0.0) for s in summaries)
+        summary = {
+            **{k: first.get(k) for k in first if k not in ("per_micrograph", "unmatched_micrographs")},
+            "micrographs": sum(int(s.get("micrographs", 0)) for s in summaries),
+            "micrographs_with_particles": sum(int(s.get("micrographs_with_particles", 0)) for s in summaries),
+            "n_picked": _sum(summaries, "n_picked"),
+            "n_particles": len(table),
+            "stage": {"micrographs": _sum(summaries, "stage", "micrographs"), "particles": len(table)},
+            "dropped_at_edges": _sum(summaries, "dropped_at_edges"),
+            "skipped_no_ctf": _sum(summaries, "skipped_no_ctf"),
+            "unmatched_coordinates": _sum(summaries, "unmatched_coordinates"),
+            "unmatched_micrographs": {
+                k: v for s in summaries for k, v in (s.get("unmatched_micrographs") or {}).items()
+            },
+            "seconds": seconds,
+            "particles_per_second": len(table) / max(seconds, 1e-9),
+            "per_micrograph": per_mic,
+            "merged_from": batches,
+        }
+        gallery, captions, average = _extract_gallery(tmp, table, per_mic, first["box"], GALLERY)
+        from cryoflow.picking.extract_report import write_report
+
+        write_report(tmp, summary, gallery, captions, average)
+    return summary
+
+
+def _extract_gallery(folder: Path, table: pd.DataFrame, per_mic: list[dict], box: int, size: int):
+    """The report's gallery (the particles one extract job shows: the first few of each micrograph in
+    order) and the average of every particle, read from the merged stacks."""
+    import mrcfile
+
+    order = len(per_mic)
+    gallery, captions = [], []
+    total = np.zeros((box, box), dtype=np.float64)
+    n = 0
+    stacks = table["rlnImageName"].astype(str).str.split("@", n=1).str[1]
+    for rel, name in dict.fromkeys(zip(stacks, table["rlnMicrographName"].astype(str), strict=True)):
+        with mrcfile.mmap(folder / rel, mode="r", permissive=True) as mrc:
+            data = np.asarray(mrc.data, dtype=np.float32).reshape(-1, box, box)
+            total += data.sum(0, dtype=np.float64)
+            n += len(data)
+            if len(gallery) < size:
+                take = min(len(data), max(1, size // max(order, 1)), size - len(gallery))
+                gallery.extend(data[:take].copy())
+                captions.extend(f"{Path(name).stem} #{j + 1}" for j in range(take))
+    return gallery, captions, (total / max(n, 1)).astype(np.float32)

@@ -179,7 +179,9 @@ def test_pick_and_extract_tools_run(good_tiny, tmp_path):
 @pytest.mark.slow
 def test_screening_workflow_runs(good_tiny, tmp_path):
     """workflows/screening.cwl on the tiny all-good micrographs: CTF in two batches (split.cwl,
-    ctf.cwl per batch, merge.cwl), micassess, pick, extract, quick 2D, class selection, feedback.cwl."""
+    ctf.cwl per batch, merge.cwl), micassess, pick (a parameter search on the good micrographs,
+    pick.cwl per batch with its parameters, merge.cwl), extract per batch and merged, quick 2D,
+    class selection, feedback.cwl."""
     from cryoflow.commands.demo import job_inputs
 
     job = tmp_path / "job.json"
@@ -200,6 +202,13 @@ def test_screening_workflow_runs(good_tiny, tmp_path):
     assert summary["micassess"]["good"] == summary["pick"]["micrographs"] == 3  # the good ones went to picking
     scores = pick_scores(out["pick"], good_tiny, DIAMETER)
     assert scores["f1"] >= 0.8, scores
+    # picking and extraction ran as two batch jobs each, with the search's parameters and one box
+    for step in ("pick", "extract"):
+        assert [b["batch"] for b in summary[step]["merged_from"]] == ["batch_001", "batch_002"]
+    assert summary["pick"]["search"]["micrographs"] == 3 and (out["pick"] / "search" / "report.html").is_file()
+    assert summary["pick"]["fixed"]["threshold"] == summary["pick"]["threshold"]
+    assert summary["extract"]["n_particles"] == scores["picks"] - summary["extract"]["dropped_at_edges"]
+    assert Path(outputs["coordinates"]["path"]) == out["pick"] / "coordinates.star"
     # a quick 2D of the extracted particles, the good classes selected
     assert summary["classify2d"]["stage"]["particles"] == summary["extract"]["stage"]["particles"] > 0
     assert 0 < summary["classassess"]["particles_kept"] <= summary["classify2d"]["particles"]
@@ -237,7 +246,7 @@ def test_split_and_merge_errors_are_one_line(tmp_path, cli):
     assert result.code == 2 and "--batch-size must be at least 1" in result.err
     (tmp_path / "pick").mkdir()
     result = cli("merge", tmp_path / "pick", "--out", tmp_path / "m")
-    assert result.code == 2 and "not a ctf step folder" in result.err and not (tmp_path / "m").exists()
+    assert result.code == 2 and "not a ctf, pick or extract step folder" in result.err and not (tmp_path / "m").exists()
 
 
 @pytest.mark.slow
@@ -416,8 +425,8 @@ def test_type_checks_catch_a_miswired_workflow(tmp_path):
 )
 def test_preprocess_runs_under_toil(good_tiny, tmp_path):
     """workflows/preprocess.cwl, the demo's workflow, under Toil (the scale-out runner) on the
-    tiny micrographs: the CTF scattered over two batches, every step down to the clean stack
-    and the feedback."""
+    tiny micrographs: CTF, picking and extraction scattered over two batches, every step down to
+    the clean stack and the feedback."""
     from cryoflow.commands.demo import job_inputs
 
     toil = Path(sys.executable).parent / "toil-cwl-runner"
@@ -456,6 +465,8 @@ def test_preprocess_runs_under_toil(good_tiny, tmp_path):
     outputs = json.loads(result.stdout)
     ctf = json.loads((Path(outputs["ctf_dir"]["path"]) / "summary.json").read_text())
     assert len(ctf["merged_from"]) == 2 and ctf["fitted"] == 3
+    extract = json.loads((Path(outputs["extract_dir"]["path"]) / "summary.json").read_text())
+    assert len(extract["merged_from"]) == 2
     clean = json.loads((Path(outputs["particles_dir"]["path"]) / "summary.json").read_text())
     selected = json.loads((Path(outputs["classassess_dir"]["path"]) / "summary.json").read_text())
     # every classified particle scored, or (one label side empty) the selected ones passed through

@@ -12,6 +12,7 @@ import pytest
 import starfile
 import torch
 
+from cryoflow.errors import CryoflowError
 from cryoflow.io import StarTable, make_optics, open_stack, read_table, write_blocks, write_mrc, write_table
 from cryoflow.numerics import fft_friendly
 from cryoflow.picking.extract import run_extract, stack_name
@@ -324,3 +325,15 @@ def test_binned_starts_and_padding():
     assert pim.binned_starts(c, 72, 288).tolist() == [0, 0, 1, 1, 964]  # round(c / 4) - 36
     assert pim.padded_size(4096, 144, 288) == 4096 and pim.padded_size(4092, 144, 288) == 4096
     assert pim.padded_size(330, 48, 96) == 360 and pim.padded_size(100, 100, 150) % 6 == 0
+
+
+def test_micrograph_without_ctf_fit_is_skipped_and_counted(tmp_path):
+    """micassess may call a micrograph good on its looks although the CTF fit failed: its picks
+    carry no defocus, which 2D classification needs, so they are skipped and counted (with
+    --allow-empty an empty stack; without, a one-line error)."""
+    _synthetic(tmp_path, defocus=float("nan"))
+    with pytest.raises(CryoflowError, match="no particle could be extracted"):
+        run_extract(tmp_path / "mics.star", tmp_path, tmp_path / "out", box=64, report=False)
+    assert not (tmp_path / "out").exists()
+    s = run_extract(tmp_path / "mics.star", tmp_path, tmp_path / "out2", box=64, report=False, allow_empty=True)
+    assert s["n_particles"] == 0 and s["skipped_no_ctf"] == 25

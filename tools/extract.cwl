@@ -10,6 +10,9 @@ doc: |
   from its summary.json) rounded up to an FFT-friendly even size unless given. Writes
   Particles/<micrograph>.mrcs, particles.star (RELION 3.1 optics + CTF columns, rlnImageName
   relative to the output folder), particles.cs (cryoSPARC), summary.json and report.html.
+  The workflows run it per batch of micrographs (a batch STAR of `cryoflow split` with that
+  batch's pick folder, whose diameter is the parameter search's, so every batch gets one box)
+  and join the batches with `cryoflow merge`.
 $namespaces:
   sbg: https://www.sevenbridges.com/
   edam: http://edamontology.org/
@@ -66,6 +69,12 @@ inputs:
     label: Keep the background ramp
     doc: Subtract only the background mean (default, a fitted plane is subtracted).
     inputBinding: {prefix: --no-ramp}
+  allow_empty:
+    type: boolean
+    default: false
+    label: Allow no particle
+    doc: With no particle to extract, write empty particles.star and particles.cs instead of failing (a batch of a scattered extraction; the merge fails only when every batch is empty).
+    inputBinding: {prefix: --allow-empty}
   seed:
     type: int
     default: 0

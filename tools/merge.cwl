@@ -4,12 +4,16 @@ class: CommandLineTool
 id: cryoflow_merge
 label: "cryoflow merge: batches' step folders joined"
 doc: |
-  Joins the step folders of a step scattered over batches of micrographs (ctf step folders,
-  ordered by name: batch_001, batch_002, ...) into one folder laid out as the step writes it
-  for the whole set: micrographs_ctf.star (+ micrographs_ctf_failed.star) under one optics
-  table with the dataset-relative ice thickness recomputed over every micrograph,
-  diagnostics/, summary.json and report.html over the whole set, each batch's own report
-  under batches/.
+  Joins the step folders of a step scattered over batches of micrographs (ctf, pick or extract
+  step folders, ordered by name: batch_001, batch_002, ...) into one folder laid out as the
+  step writes it for the whole set. ctf: micrographs_ctf.star (+ micrographs_ctf_failed.star)
+  under one optics table with the dataset-relative ice thickness recomputed over every
+  micrograph, diagnostics/. pick (batches picked with one parameter search's decisions):
+  coordinates.star and coordinates/, the search's picker_state.pt and its report under
+  search/. extract (one box for all batches): particles.star under one optics table with image
+  names relative to the merged folder, Particles/*.mrcs, particles.cs made over all particles
+  (seed as extract's). Always summary.json and report.html over the whole set and each batch's
+  own report under batches/.
 $namespaces:
   sbg: https://www.sevenbridges.com/
   edam: http://edamontology.org/
@@ -28,17 +32,47 @@ inputs:
     label: Step folders of the batches
     doc: The folders the batches' jobs wrote (one step, e.g. ctf), named so that their order is the batches' order.
     inputBinding: {position: 1}
+  search:
+    type: Directory?
+    label: Parameter search (pick)
+    doc: For pick batches, the pick folder of the parameter search they were picked with (pick's parameters input); its report and evidence go to search/.
+    inputBinding: {prefix: --search}
+  seed:
+    type: int?
+    label: Seed (extract)
+    doc: For extract batches, the seed of the cryoSPARC particle uids (as extract's seed, default 0); particles.cs is made over all particles with it.
+    inputBinding: {prefix: --seed}
   out_name:
     type: string
     default: ctf
     label: Output folder name
-    doc: Name of the merged step folder in the working directory (the step's own name, e.g. ctf).
+    doc: Name of the merged step folder in the working directory (the step's own name, ctf, pick or extract).
 outputs:
   out_dir:
     type: Directory
     label: Merged step folder
-    doc: For ctf, micrographs_ctf.star, micrographs_ctf_failed.star (when some had no fit), diagnostics/, batches/, report.html, summary.json.
+    doc: The step's folder over the whole set (for ctf, micrographs_ctf.star, diagnostics/; pick, coordinates.star, coordinates/, search/; extract, particles.star, Particles/, particles.cs), batches/, report.html, summary.json.
     outputBinding: {glob: $(inputs.out_name)}
+  micrographs_ctf:
+    type: File?
+    label: Micrographs with CTF (STAR)
+    doc: ctf, micrographs_ctf.star over the whole set.
+    outputBinding: {glob: $(inputs.out_name)/micrographs_ctf.star}
+  coordinates:
+    type: File?
+    label: Coordinate index (STAR)
+    doc: pick, coordinates.star (block coordinate_files); the files it names lie in out_dir, relative to it.
+    outputBinding: {glob: $(inputs.out_name)/coordinates.star}
+  particles:
+    type: File?
+    label: Particles (STAR)
+    doc: extract, particles.star (rlnImageName N@Particles/<micrograph>.mrcs, relative to out_dir).
+    outputBinding: {glob: $(inputs.out_name)/particles.star}
+  particles_cs:
+    type: File?
+    label: Particles (cryoSPARC .cs)
+    doc: extract, particles.cs over all particles (blob paths relative to out_dir).
+    outputBinding: {glob: $(inputs.out_name)/particles.cs}
   report:
     type: File
     label: Report

@@ -12,7 +12,12 @@ doc: |
   small CNN trained positive-unlabelled on the fly on the dataset's confident picks. Writes RELION AutoPick coordinate files
   (coordinates/<micrograph>_autopick.star), coordinates.star indexing them (paths relative to
   the output folder, so pass the whole folder to extract), summary.json (every chosen
-  parameter with its evidence) and report.html.
+  parameter with its evidence, and `fixed`: every decision taken over the set at full precision),
+  picker_state.pt (the CNN's weights, a self-template) and report.html. Given `parameters` (an
+  earlier pick folder: the workflows' parameter search on a sample of the set), nothing is
+  decided over the micrographs given: each is picked with that folder's decisions, so a batch
+  picks exactly as one job over all micrographs would (the workflows scatter picking over
+  batches this way; `cryoflow merge` joins the batches' folders).
 $namespaces:
   sbg: https://www.sevenbridges.com/
   edam: http://edamontology.org/
@@ -69,6 +74,11 @@ inputs:
     label: Training particles (STAR)
     doc: A particles STAR (e.g. classassess's particles_selected.star, the particles of good 2D classes) whose particles are the CNN picker's positives instead of the confident picks.
     inputBinding: {prefix: --train-coordinates}
+  parameters:
+    type: Directory?
+    label: Parameters (pick folder)
+    doc: "An earlier pick folder (a parameter search): pick with its diameter, threshold, CNN and junk-test limits (summary.json 'fixed', picker_state.pt) instead of deciding over these micrographs; then give no diameter or threshold, and templates only as that run had them."
+    inputBinding: {prefix: --parameters}
   seed:
     type: int?
     label: Seed

@@ -5,16 +5,22 @@ id: cryoflow_preprocess
 label: "cryoflow preprocessing"
 doc: |
   Micrographs in, clean particle stack and acquisition feedback out: CTF estimation with quality
-  metrics (scattered over batches of micrographs, one job each, then merged), bad-micrograph
-  detection, particle picking on the good micrographs (diameter and threshold chosen from the
-  data unless given) and extraction into normalized stacks with particles.star (RELION 3.1) and
-  particles.cs (cryoSPARC), reference-free 2D classification of the stack and the selection of
-  the good classes, then a particle classifier learned from those class decisions that scores
-  every selected particle into the clean stack (particles_clean.star with its own stacks and
-  particles_clean.cs), and the feedback to acquisition (squares to continue or skip, holes to
-  take next). The steps that decide per dataset (micassess thresholds, pick's parameter search)
-  run on the merged CTF results, so the batching does not change the outcome. Every step writes
-  its folder (report.html, summary.json) into the output directory; `cryoflow report` indexes them.
+  metrics, bad-micrograph detection, particle picking on the good micrographs (diameter and
+  threshold chosen from the data unless given) and extraction into normalized stacks with
+  particles.star (RELION 3.1) and particles.cs (cryoSPARC), reference-free 2D classification of
+  the stack and the selection of the good classes, then a particle classifier learned from those
+  class decisions that scores every selected particle into the clean stack (particles_clean.star
+  with its own stacks and particles_clean.cs), and the feedback to acquisition (squares to
+  continue or skip, holes to take next). The per-micrograph steps are scattered over batches of
+  batch_size micrographs (one job per batch, in parallel where the runner can: Toil, Slurm,
+  Arvados) and their batch folders merged by `cryoflow merge` into one folder per step: ctf
+  (split, ctf per batch, merge); pick (the good micrographs split, picking's parameters searched
+  once on up to search_sample of them spread over the set, every batch picked with those
+  parameters, merged); extract (per pick batch, one box for all, merged). What is decided per
+  dataset is decided once (micassess's thresholds on the merged CTF results, pick's diameter,
+  threshold, CNN and junk limits by the search), so the batching does not change the outcome.
+  Every step writes its folder (report.html, summary.json) into the output directory; `cryoflow
+  report` indexes them.
 $namespaces:
   sbg: https://www.sevenbridges.com/
 requirements:
@@ -54,41 +60,48 @@ inputs:
   batch_size:
     type: int
     default: 10
-    label: Micrographs per CTF job
-    doc: Micrographs per batch of the CTF step (one job each, run in parallel where the runner can).
+    label: Micrographs per job
+    doc: Micrographs per batch of the per-micrograph steps, CTF, picking and extraction (one job per batch each, run in parallel where the runner can); the results do not depend on it.
     sbg:x: 300
+    sbg:y: 550
+  search_sample:
+    type: int
+    default: 40
+    label: Pick search sample
+    doc: Micrographs, spread evenly over the good ones, on which picking's parameters (diameter, threshold, the CNN picker's training, the junk tests' limits) are decided once before every batch is picked with them; all of them when there are no more.
+    sbg:x: 1500
     sbg:y: 550
   diameter:
     type: float?
     label: Particle diameter (Å)
     doc: Particle diameter in Å; default, searched from the data by the pick step (extract sizes its box from it).
-    sbg:x: 1500
-    sbg:y: 550
+    sbg:x: 1800
+    sbg:y: 650
   box:
     type: int?
     label: Box size (px)
-    doc: Particle box in output pixels (even); default, 1.5 x the diameter rounded up to an FFT-friendly size.
-    sbg:x: 1800
-    sbg:y: 550
+    doc: Particle box in output pixels (even), the same for every batch; default, 1.5 x the diameter (of the pick search) rounded up to an FFT-friendly size.
+    sbg:x: 2100
+    sbg:y: 650
   bin:
     type: float
     default: 1.0
     label: Binning factor
     doc: Fourier binning of the particle images (>= 1).
-    sbg:x: 1800
-    sbg:y: 700
+    sbg:x: 2100
+    sbg:y: 800
   classes:
     type: int?
     label: Number of 2D classes
     doc: Number of 2D classes; default, one class per ~400 particles (2 to 100).
-    sbg:x: 2100
+    sbg:x: 2700
     sbg:y: 550
   iterations:
     type: int
     default: 25
     label: 2D iterations
     doc: Iterations of the 2D classification.
-    sbg:x: 2100
+    sbg:x: 2700
     sbg:y: 700
 steps:
   ctf_split:
@@ -96,6 +109,8 @@ steps:
     label: Micrograph batches
     in:
       micrographs: micrographs
+      # the folder's CWL name (a runner may stage it under another, e.g. Toil), as the CTF jobs stage it
+      folder_name: {valueFrom: $(inputs.micrographs.basename)}
       batch_size: batch_size
     out: [batches]
     sbg:x: 300
@@ -133,27 +148,74 @@ steps:
     out: [out_dir, micrographs_good, micrographs_rejected, summary]
     sbg:x: 1200
     sbg:y: 300
-  pick:
-    run: ../tools/pick.cwl
-    label: Picking
+  pick_split:
+    run: ../tools/split.cwl
+    label: Pick batches
     in:
-      micrographs: micassess/micrographs_good
-      images: micrographs
-      diameter: diameter
-    out: [out_dir, coordinates, report, summary]
+      star: micassess/micrographs_good
+      batch_size: batch_size
+      sample_size: search_sample
+      out_name: {default: pick_split}
+    out: [batches, sample_star]
     sbg:x: 1500
     sbg:y: 300
-  extract:
-    run: ../tools/extract.cwl
-    label: Extraction
+  pick_search:
+    run: ../tools/pick.cwl
+    label: Pick parameter search
     in:
-      micrographs: micassess/micrographs_good
-      coordinates: pick/out_dir
+      micrographs: pick_split/sample_star
       images: micrographs
+      diameter: diameter
+      out_name: {default: pick_search}
+    out: [out_dir]
+    sbg:x: 1800
+    sbg:y: 150
+  pick_batches:
+    run: ../tools/pick.cwl
+    label: Pick (per batch)
+    scatter: micrographs
+    in:
+      micrographs: pick_split/batches
+      images: micrographs
+      parameters: pick_search/out_dir
+      out_name: {valueFrom: $(inputs.micrographs.nameroot)}
+    out: [out_dir]
+    sbg:x: 1800
+    sbg:y: 450
+  pick:
+    run: ../tools/merge.cwl
+    label: Picking (merged)
+    in:
+      folders: pick_batches/out_dir
+      search: pick_search/out_dir
+      out_name: {default: pick}
+    out: [out_dir, coordinates, report, summary]
+    sbg:x: 2100
+    sbg:y: 80
+  extract_batches:
+    run: ../tools/extract.cwl
+    label: Extract (per batch)
+    scatter: [micrographs, coordinates]
+    scatterMethod: dotproduct
+    in:
+      micrographs: pick_split/batches
+      coordinates: pick_batches/out_dir
+      images: micrographs
+      allow_empty: {default: true}
       box: box
       bin: bin
+      out_name: {valueFrom: $(inputs.micrographs.nameroot)}
+    out: [out_dir]
+    sbg:x: 2100
+    sbg:y: 450
+  extract:
+    run: ../tools/merge.cwl
+    label: Extraction (merged)
+    in:
+      folders: extract_batches/out_dir
+      out_name: {default: extract}
     out: [out_dir, particles, particles_cs, report, summary]
-    sbg:x: 1800
+    sbg:x: 2400
     sbg:y: 300
   classify2d:
     run: ../tools/classify2d.cwl
@@ -163,7 +225,7 @@ steps:
       classes: classes
       iterations: iterations
     out: [out_dir, class_averages, model, particles_classified, report, summary]
-    sbg:x: 2100
+    sbg:x: 2700
     sbg:y: 300
   classassess:
     run: ../tools/classassess.cwl
@@ -172,7 +234,7 @@ steps:
       classes: classify2d/out_dir
       particles: extract/out_dir
     out: [out_dir, classes_selected, particles_selected, particles_rejected, report, summary]
-    sbg:x: 2400
+    sbg:x: 3000
     sbg:y: 300
   particles_model:
     run: ../tools/particles_train.cwl
@@ -182,7 +244,7 @@ steps:
       rejected: classassess/particles_rejected
       particles: extract/out_dir
     out: [out_dir, model, report, summary]
-    sbg:x: 2700
+    sbg:x: 3300
     sbg:y: 300
   particles:
     run: ../tools/particles_score.cwl
@@ -193,7 +255,7 @@ steps:
       particles: extract/out_dir
       model: particles_model/model
     out: [out_dir, particles_clean, particles_clean_cs, micrographs_yield, report, summary]
-    sbg:x: 3000
+    sbg:x: 3600
     sbg:y: 300
   feedback:
     run: ../tools/feedback.cwl
@@ -205,7 +267,7 @@ steps:
       pick_dir: pick/out_dir
       particles_dir: particles/out_dir
     out: [out_dir, feedback, plan, report, summary]
-    sbg:x: 3300
+    sbg:x: 3900
     sbg:y: 300
 outputs:
   ctf_dir:
@@ -230,72 +292,72 @@ outputs:
     type: Directory
     label: Picks
     outputSource: pick/out_dir
-    sbg:x: 1650
-    sbg:y: 100
+    sbg:x: 2250
+    sbg:y: -120
   extract_dir:
     type: Directory
     label: Particle stacks
     outputSource: extract/out_dir
-    sbg:x: 1950
+    sbg:x: 2550
     sbg:y: 100
   particles_extracted:
-    type: File
+    type: File?
     label: Extracted particles (STAR)
     outputSource: extract/particles
-    sbg:x: 1950
+    sbg:x: 2550
     sbg:y: -100
   classify2d_dir:
     type: Directory
     label: 2D classes
     outputSource: classify2d/out_dir
-    sbg:x: 2250
+    sbg:x: 2850
     sbg:y: 100
   class_averages:
     type: File
     label: Class averages (MRC stack)
     outputSource: classify2d/class_averages
-    sbg:x: 2250
+    sbg:x: 2850
     sbg:y: -220
   classassess_dir:
     type: Directory
     label: Class selection
     outputSource: classassess/out_dir
-    sbg:x: 2550
+    sbg:x: 3150
     sbg:y: 100
   particles_selected:
     type: File
     label: Particles of kept classes (STAR)
     outputSource: classassess/particles_selected
-    sbg:x: 2550
+    sbg:x: 3150
     sbg:y: -100
   particles_model_dir:
     type: Directory
     label: Particle model
     outputSource: particles_model/out_dir
-    sbg:x: 2850
+    sbg:x: 3450
     sbg:y: 100
   particles_dir:
     type: Directory
     label: Clean particle stack
     doc: particles_clean.star, CleanParticles/*.mrcs, particles_clean.cs (cryoSPARC), micrographs_yield.star, report.html.
     outputSource: particles/out_dir
-    sbg:x: 3150
+    sbg:x: 3750
     sbg:y: 100
   particles_clean:
     type: File
     label: Clean particles (STAR)
     outputSource: particles/particles_clean
-    sbg:x: 3150
+    sbg:x: 3750
     sbg:y: -100
   feedback_dir:
     type: Directory
     label: Feedback
     outputSource: feedback/out_dir
-    sbg:x: 3450
+    sbg:x: 4050
     sbg:y: 100
   feedback_json:
     type: File
     label: Feedback (JSON)
     outputSource: feedback/feedback
-    sbg:x: 3450
+    sbg:x: 4050
     sbg:y: -220

@@ -4,15 +4,17 @@ class: Workflow
 id: cryoflow_screening
 label: "cryoflow grid screening"
 doc: |
-  The fast path for grid screening: is this grid worth a full collection, and where on it?
-  CTF estimation with quality metrics (scattered over batches of micrographs, then merged),
-  bad-micrograph detection with reasons, particle picking on the good micrographs (picks per
-  micrograph, the particle size found), extraction and a quick 2D classification (few
-  iterations) with the good classes selected (what the particles look like, how many are
-  good), then the feedback to the acquisition program: squares to continue or skip and the
-  holes to take next. No particle classifier: screening needs the counts, the class averages
-  and the decisions, not the clean stack. Every step writes its folder (report.html,
-  summary.json) into the output directory; `cryoflow report` indexes them.
+  The fast path for grid screening: is this grid worth a full collection, and where on it? CTF
+  estimation with quality metrics, bad-micrograph detection with reasons, particle picking on
+  the good micrographs (picks per micrograph, the particle size found), extraction and a quick
+  2D classification (few iterations) with the good classes selected (what the particles look
+  like, how many are good), then the feedback to the acquisition program: squares to continue or
+  skip and the holes to take next. No particle classifier: screening needs the counts, the class
+  averages and the decisions, not the clean stack. CTF, picking and extraction are scattered
+  over batches of batch_size micrographs and merged (`cryoflow merge`), picking after one
+  parameter search on up to search_sample good micrographs, as in preprocess.cwl; the batching
+  does not change the outcome. Every step writes its folder (report.html, summary.json) into the
+  output directory; `cryoflow report` indexes them.
 $namespaces:
   sbg: https://www.sevenbridges.com/
 requirements:
@@ -52,35 +54,42 @@ inputs:
   batch_size:
     type: int
     default: 10
-    label: Micrographs per CTF job
-    doc: Micrographs per batch of the CTF step (one job each, run in parallel where the runner can).
+    label: Micrographs per job
+    doc: Micrographs per batch of the per-micrograph steps, CTF, picking and extraction (one job per batch each, run in parallel where the runner can); the results do not depend on it.
     sbg:x: 300
+    sbg:y: 550
+  search_sample:
+    type: int
+    default: 40
+    label: Pick search sample
+    doc: Micrographs, spread evenly over the good ones, on which picking's parameters (diameter, threshold, the CNN picker's training, the junk tests' limits) are decided once before every batch is picked with them; all of them when there are no more.
+    sbg:x: 1500
     sbg:y: 550
   diameter:
     type: float?
     label: Particle diameter (Å)
     doc: Particle diameter in Å when known (skips the diameter search); default, searched from the data.
-    sbg:x: 1500
-    sbg:y: 550
+    sbg:x: 1800
+    sbg:y: 650
   classes:
     type: int?
     label: Number of 2D classes
     doc: Number of 2D classes; default, one class per ~400 particles (2 to 100).
-    sbg:x: 2100
+    sbg:x: 2700
     sbg:y: 550
   iterations:
     type: int
     default: 10
     label: 2D iterations
     doc: Iterations of the quick 2D classification (preprocess.cwl runs 25).
-    sbg:x: 2100
+    sbg:x: 2700
     sbg:y: 700
   budget:
     type: float
     default: 2.0
     label: Time budget (h)
     doc: Microscope time left for the session, hours (the feedback plans the holes to take within it).
-    sbg:x: 2700
+    sbg:x: 3300
     sbg:y: 550
 steps:
   ctf_split:
@@ -88,6 +97,8 @@ steps:
     label: Micrograph batches
     in:
       micrographs: micrographs
+      # the folder's CWL name (a runner may stage it under another, e.g. Toil), as the CTF jobs stage it
+      folder_name: {valueFrom: $(inputs.micrographs.basename)}
       batch_size: batch_size
     out: [batches]
     sbg:x: 300
@@ -125,25 +136,72 @@ steps:
     out: [out_dir, micrographs_good, micrographs_rejected, summary]
     sbg:x: 1200
     sbg:y: 300
-  pick:
-    run: ../tools/pick.cwl
-    label: Picking
+  pick_split:
+    run: ../tools/split.cwl
+    label: Pick batches
     in:
-      micrographs: micassess/micrographs_good
-      images: micrographs
-      diameter: diameter
-    out: [out_dir, coordinates, report, summary]
+      star: micassess/micrographs_good
+      batch_size: batch_size
+      sample_size: search_sample
+      out_name: {default: pick_split}
+    out: [batches, sample_star]
     sbg:x: 1500
     sbg:y: 300
-  extract:
-    run: ../tools/extract.cwl
-    label: Extraction
+  pick_search:
+    run: ../tools/pick.cwl
+    label: Pick parameter search
     in:
-      micrographs: micassess/micrographs_good
-      coordinates: pick/out_dir
+      micrographs: pick_split/sample_star
       images: micrographs
-    out: [out_dir, particles, report, summary]
+      diameter: diameter
+      out_name: {default: pick_search}
+    out: [out_dir]
     sbg:x: 1800
+    sbg:y: 150
+  pick_batches:
+    run: ../tools/pick.cwl
+    label: Pick (per batch)
+    scatter: micrographs
+    in:
+      micrographs: pick_split/batches
+      images: micrographs
+      parameters: pick_search/out_dir
+      out_name: {valueFrom: $(inputs.micrographs.nameroot)}
+    out: [out_dir]
+    sbg:x: 1800
+    sbg:y: 450
+  pick:
+    run: ../tools/merge.cwl
+    label: Picking (merged)
+    in:
+      folders: pick_batches/out_dir
+      search: pick_search/out_dir
+      out_name: {default: pick}
+    out: [out_dir, coordinates, report, summary]
+    sbg:x: 2100
+    sbg:y: 80
+  extract_batches:
+    run: ../tools/extract.cwl
+    label: Extract (per batch)
+    scatter: [micrographs, coordinates]
+    scatterMethod: dotproduct
+    in:
+      micrographs: pick_split/batches
+      coordinates: pick_batches/out_dir
+      images: micrographs
+      allow_empty: {default: true}
+      out_name: {valueFrom: $(inputs.micrographs.nameroot)}
+    out: [out_dir]
+    sbg:x: 2100
+    sbg:y: 450
+  extract:
+    run: ../tools/merge.cwl
+    label: Extraction (merged)
+    in:
+      folders: extract_batches/out_dir
+      out_name: {default: extract}
+    out: [out_dir, particles, particles_cs, report, summary]
+    sbg:x: 2400
     sbg:y: 300
   classify2d:
     run: ../tools/classify2d.cwl
@@ -153,7 +211,7 @@ steps:
       classes: classes
       iterations: iterations
     out: [out_dir, class_averages, report, summary]
-    sbg:x: 2100
+    sbg:x: 2700
     sbg:y: 300
   classassess:
     run: ../tools/classassess.cwl
@@ -162,7 +220,7 @@ steps:
       classes: classify2d/out_dir
       particles: extract/out_dir
     out: [out_dir, particles_selected, report, summary]
-    sbg:x: 2400
+    sbg:x: 3000
     sbg:y: 300
   feedback:
     run: ../tools/feedback.cwl
@@ -174,7 +232,7 @@ steps:
       pick_dir: pick/out_dir
       budget: budget
     out: [out_dir, feedback, plan, report, summary]
-    sbg:x: 2700
+    sbg:x: 3300
     sbg:y: 300
 outputs:
   ctf_dir:
@@ -193,47 +251,47 @@ outputs:
     type: Directory
     label: Picks
     outputSource: pick/out_dir
-    sbg:x: 1650
-    sbg:y: 100
+    sbg:x: 2250
+    sbg:y: -120
   coordinates:
-    type: File
+    type: File?
     label: Coordinates (STAR)
     outputSource: pick/coordinates
-    sbg:x: 1650
-    sbg:y: -100
+    sbg:x: 2250
+    sbg:y: -320
   extract_dir:
     type: Directory
     label: Particle stacks
     outputSource: extract/out_dir
-    sbg:x: 1950
+    sbg:x: 2550
     sbg:y: 100
   classify2d_dir:
     type: Directory
     label: 2D classes
     outputSource: classify2d/out_dir
-    sbg:x: 2250
+    sbg:x: 2850
     sbg:y: 100
   class_averages:
     type: File
     label: Class averages (MRC stack)
     outputSource: classify2d/class_averages
-    sbg:x: 2250
+    sbg:x: 2850
     sbg:y: -100
   classassess_dir:
     type: Directory
     label: Class selection
     outputSource: classassess/out_dir
-    sbg:x: 2550
+    sbg:x: 3150
     sbg:y: 100
   feedback_dir:
     type: Directory
     label: Feedback
     outputSource: feedback/out_dir
-    sbg:x: 2850
+    sbg:x: 3450
     sbg:y: 100
   feedback_json:
     type: File
     label: Feedback (JSON)
     outputSource: feedback/feedback
-    sbg:x: 2850
+    sbg:x: 3450
     sbg:y: -100

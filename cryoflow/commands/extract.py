@@ -49,6 +49,11 @@ def add_args(parser: argparse.ArgumentParser) -> None:
         "--images", metavar="DIR", help="folder to look for micrographs whose STAR names do not resolve"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the cryoSPARC uids")
+    parser.add_argument(
+        "--allow-empty",
+        action="store_true",
+        help="with no particle to extract, write empty outputs instead of failing (a batch of a scattered run)",
+    )
     add_device_argument(parser)
 
 
@@ -68,6 +73,7 @@ def main(args: argparse.Namespace) -> int:
         images=args.images,
         device=resolve_device(args.device),
         seed=args.seed,
+        allow_empty=args.allow_empty,
     )
     print(
         f"extract: {summary['n_particles']} particles from {summary['micrographs_with_particles']} micrographs "

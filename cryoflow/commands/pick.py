@@ -21,6 +21,10 @@ Examples::
         --train-coordinates run/classassess/particles_selected.star
     cryoflow pick --micrographs run/micassess/micrographs_good.star --out run/pick_blob --picker blob
     cryoflow extract --micrographs run/micassess/micrographs_good.star --coordinates run/pick --out run/extract
+    # scattered: search the parameters on a sample, then pick each batch with them (cryoflow split / merge)
+    cryoflow split run/micassess/micrographs_good.star --out run/pick_split --batch-size 50 --sample 40
+    cryoflow pick --micrographs run/pick_split/sample.star --out run/pick_search
+    cryoflow pick --micrographs run/pick_split/batch_001.star --out run/pick_batches/batch_001 --parameters run/pick_search
 """
 
 from __future__ import annotations
@@ -63,6 +67,13 @@ def add_args(parser: argparse.ArgumentParser) -> None:
         metavar="STAR",
         help="particles STAR (e.g. classassess's particles_selected.star) whose particles are the CNN's positives",
     )
+    parser.add_argument(
+        "--parameters",
+        metavar="PICK_DIR",
+        help="pick with every decision of this earlier pick folder (diameter, threshold, CNN, junk tests: its "
+        "summary.json 'fixed' and picker_state.pt) instead of deciding over these micrographs; how the workflows "
+        "pick batches of micrographs after one parameter search",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the CNN's training (default 0)")
     parser.add_argument("--no-report", action="store_true", help="skip report.html (summary.json is still written)")
     add_device_argument(parser)
@@ -95,6 +106,7 @@ def main(args: argparse.Namespace) -> int:
         picker=args.picker,
         train_coordinates=args.train_coordinates,
         seed=args.seed,
+        parameters=args.parameters,
     )
     print(
         f"picked {summary['particles']} particles on {summary['micrographs']} micrographs "

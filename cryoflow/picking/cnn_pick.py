@@ -130,9 +130,24 @@ def rescore(
     seed: int = 0,
     device="cpu",
     train_coordinates: str | os.PathLike | None = None,
+    fixed: tuple | None = None,
 ) -> cnn.Training:
     """Train on ``picks`` and re-decide every pick's ``kept`` (see the module doc); each pick's
-    logit goes to ``p.cnn_scores``. Returns the training record (untrained: picks unchanged)."""
+    logit goes to ``p.cnn_scores``. Returns the training record (untrained: picks unchanged;
+    trained: the network is its ``net`` attribute).
+
+    ``fixed``: ``(net, logit threshold, record)`` of an earlier run (``net`` None when it did not
+    train): no training, every pick scored with that network and threshold, so each micrograph
+    is decided exactly as in that run (a batch of a scattered pick step)."""
+    if fixed is not None:
+        net, threshold, record = fixed
+        for p in picks:  # as below: the peaks onto the centres of mass, trained or not
+            p.yx = from_cnn(p, cnn.recentre(p.cnn_image.float(), to_cnn(p, p.yx)))
+        if net is None:
+            return record
+        _decide(picks, net, threshold, ceiling)
+        record.threshold, record.net = threshold, net
+        return record
     given = None
     if train_coordinates is not None:
         given = read_train_coordinates(train_coordinates, [p.name for p in picks], [p.pixel_size for p in picks])
@@ -174,9 +189,18 @@ def rescore(
         p.cnn_scores = cnn.score(net, p.cnn_image.float(), to_cnn(p, p.yx))
     blob_kept = np.concatenate([p.cnn_scores[p.kept] for p in picks])
     record.threshold = cnn.logit_threshold(blob_kept)
+    _decide(picks, net, record.threshold, ceiling, scored=True)
+    record.net = net
+    return record
+
+
+def _decide(picks: list, net, threshold: float, ceiling: float, scored: bool = False) -> None:
+    """Each pick's logit (unless ``scored``) and ``kept``: logit at least ``threshold``, blob score
+    within [:data:`search.MIN_THRESHOLD`, ``ceiling``], no better-scored pick nearer than the duplicate distance."""
     for p in picks:
-        p.kept = (p.cnn_scores >= record.threshold) & (p.scores >= search.MIN_THRESHOLD) & (p.scores <= ceiling)
+        if not scored:
+            p.cnn_scores = cnn.score(net, p.cnn_image.float(), to_cnn(p, p.yx))
+        p.kept = (p.cnn_scores >= threshold) & (p.scores >= search.MIN_THRESHOLD) & (p.scores <= ceiling)
         distance = cnn.DUPLICATE_DISTANCE * cnn.SAMPLES_PER_DIAMETER / p.cnn_factor  # micrograph px
         kept = np.nonzero(p.kept)[0]
         p.kept[kept] = unique(p.yx[kept], p.cnn_scores[kept], distance)
-    return record

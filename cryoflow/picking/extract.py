@@ -29,7 +29,9 @@ Choices (written to ``summary.json`` and explained in the report)
 - Contrast inverted (particles white); background = outside a circle of diameter 0.75 x box
   (RELION's default ``bg_radius``), ramp removed, mean 0 and std 1 there.
 - ``phase_flip``: multiply by ``sign(CTF)`` of the micrograph's CTF (rlnCtfDataArePhaseFlipped 1).
-- A particle whose window leaves the micrograph is dropped and counted per micrograph.
+- A particle whose window leaves the micrograph is dropped and counted per micrograph; the
+  picks of a micrograph without a CTF fit (NaN defocus, which micassess may still call good
+  on its looks) are skipped and counted (``skipped_no_ctf``): 2D and 3D need the defocus.
 
 Outputs in ``out`` (built in a temporary folder and renamed when complete)
 ---------------------------------------------------------------------------
@@ -303,13 +305,17 @@ def run_extract(
     device: torch.device | str = "cpu",
     seed: int = 0,
     report: bool = True,
+    allow_empty: bool = False,
 ) -> dict:
     """Extract every picked particle into ``out`` (see the module doc); return the summary.
 
     ``box``: output box in pixels (even); ``binning``: Fourier binning factor (>= 1);
     ``diameter``: particle diameter in Å (for the automatic box); ``phase_flip``: flip by the
     sign of the CTF; ``ramp``: subtract a fitted plane from the background before normalizing;
-    ``seed``: seeds the cryoSPARC uids. ``out`` must not exist or be empty.
+    ``seed``: seeds the cryoSPARC uids; ``allow_empty``: with no particle to extract, write an
+    empty particles.star and particles.cs (optics of the micrographs' groups) instead of failing
+    (a batch of a scattered extraction: ``cryoflow merge`` fails only when every batch is empty).
+    ``out`` must not exist or be empty.
     """
     from cryoflow.io import StarTable, atomic_dir, find_image, read_info, read_micrograph, write_mrc, write_table
     from cryoflow.picking.cryosparc import particles_cs, write_cs
@@ -359,8 +365,8 @@ def run_extract(
             record = {"micrograph": name, "picked": len(picks), "extracted": 0, "dropped_at_edges": 0, "skipped": ""}
             ctf = table.iloc[i]
             defocus = [float(ctf[c]) for c in ("rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle")]
-            if phase_flip and not np.isfinite(defocus).all():
-                record["skipped"] = "no CTF fit (cannot phase flip)"
+            if not np.isfinite(defocus).all():  # micassess may pass a micrograph it could not fit
+                record["skipped"] = "no CTF fit (2D classification and 3D need each particle's defocus)"
                 per_mic.append(record)
                 continue
             path = find_image(name, star_path, images, bases)
@@ -448,6 +454,13 @@ def run_extract(
                     frame[c] = kept[c].to_numpy()
             particle_frames.append(frame)
         seconds = time.perf_counter() - t0
+        if not particle_frames and allow_empty:  # the optics of the micrographs' groups, no particle
+            for g, apix in zip(optics_rows["rlnOpticsGroup"], apix_rows, strict=True):
+                used_groups.setdefault(int(g), float(apix))
+            ctf_columns = [c for c in CTF_COLUMNS + OPTIONAL_CTF if c in table or c == "rlnPhaseShift"]
+            columns = ["rlnImageName", "rlnMicrographName", "rlnCoordinateX", "rlnCoordinateY", *ctf_columns]
+            empty = {c: pd.Series(dtype=object if c.endswith("Name") else float) for c in columns}
+            particle_frames.append(pd.DataFrame(empty | {"rlnOpticsGroup": pd.Series(dtype=int)}))
         if not particle_frames:
             raise CryoflowError(
                 coords.source,

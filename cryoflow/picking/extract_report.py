@@ -44,7 +44,12 @@ def write_report(out: Path, summary: dict, gallery: list, captions: list[str], a
             "Picks whose micrograph is not in the micrographs STAR file (for example rejected by micassess); skipped.",
         )
     if s["skipped_no_ctf"]:
-        ov.metric("Skipped (no CTF fit)", s["skipped_no_ctf"], "", "Phase flipping needs the defocus.")
+        ov.metric(
+            "Skipped (no CTF fit)",
+            s["skipped_no_ctf"],
+            "",
+            "Micrographs without a CTF fit: 2D classification, phase flipping and 3D need the defocus.",
+        )
     ov.metric(
         "Particles per second",
         s["particles_per_second"],

@@ -30,12 +30,25 @@ Outputs in ``out`` (built in a temporary folder and renamed when complete):
   rlnMicrographCoordinates relative to the pick folder);
 - ``self_template.mrcs``: for elongated particles, the oriented template they were picked
   with (give it as ``templates`` with ``filter_diameter`` to pick more micrographs the same way);
+- ``picker_state.pt`` (when a CNN was trained or a self-template made): the network's weights
+  and the template, which with ``summary.json``'s ``fixed`` record let a later run pick other
+  micrographs exactly as this run would have (``parameters``, ``cryoflow pick --parameters``);
 - ``summary.json``: the chosen diameter (``diameter_A``, the particle's largest extent, which
   sets extraction's box; ``filter_diameter_A``, the size the filter and minimum distance use:
   the same for a globular particle, nearer the width for an elongated one), threshold,
   distances and masks, with the evidence
-  (diameter response curve, picks and expected noise picks above each threshold);
+  (diameter response curve, picks and expected noise picks above each threshold), and
+  ``fixed``: every decision taken over the whole set at full precision (diameter, filter
+  diameter, threshold, the median pick's score that sets the ceiling and the flank floor, the
+  CNN's logit threshold, the junk tests' spreads and medians);
 - ``report.html`` + ``figures/``.
+
+Given ``parameters`` (an earlier pick folder, e.g. a parameter search on a sample of the set),
+nothing is decided over the micrographs given: each is picked with that folder's ``fixed``
+decisions and ``picker_state.pt``, so its picks do not depend on which other micrographs
+are picked with it. That is how the workflows scatter picking over batches of micrographs
+(:mod:`cryoflow.batches`): one search, then one job per batch; the batches' picks equal those
+of one job over all of them, and, when the search ran on the whole set, the search's own.
 """
 
 from __future__ import annotations
@@ -60,6 +73,9 @@ COORDINATE_DIR = "coordinates"
 COORDINATES_STAR = "coordinates.star"
 #: the oriented template made for elongated particles, written for later runs (--templates)
 SELF_TEMPLATE = "self_template.mrcs"
+#: what a later run needs beyond summary.json's ``fixed`` to pick exactly as this one (``parameters``):
+#: the CNN picker's weights and the self-template, at full precision (torch.save of a dict of tensors)
+PICKER_STATE = "picker_state.pt"
 #: micrographs (evenly spread over the set) used for the diameter search
 SEARCH_MICROGRAPHS = 4
 #: micrographs shown with their picks in the report
@@ -218,7 +234,7 @@ def search_diameter(mics: _Micrographs, device="cpu", n: int = SEARCH_MICROGRAPH
     for c in cached:
         cores.extend(search.measure_cores(c(bin_factor(c.apix, result.sphere_diameter)), result.sphere_diameter))
     result.core_axes, result.elongation = cores.long, cores.elongation
-    refined = search.diameter_from_cores(result.core_axes)
+    refined = search.diameter_from_cores(result.core_axes, result.elongation)
     if refined is not None:
         result.diameter = refined
     return result, cores
@@ -308,6 +324,48 @@ def _coordinate_table(p: MicrographPicks) -> pd.DataFrame:
     return table
 
 
+def read_parameters(folder: str | os.PathLike) -> tuple[dict, dict]:
+    """The ``fixed`` record of a pick folder's summary.json and its :data:`PICKER_STATE`
+    (``{"cnn": PickerNet or None, "template": tensor or None, "template_pixel_size": Å}``)."""
+    import json
+
+    folder = Path(folder)
+    path = folder / "summary.json"
+    if not path.is_file():
+        raise CryoflowError(folder, "not a pick folder (no summary.json); --parameters takes a pick step's folder")
+    try:
+        fixed = json.loads(path.read_text(encoding="utf-8")).get("fixed")
+    except json.JSONDecodeError:
+        raise CryoflowError(path, "is not valid JSON") from None
+    if not fixed:
+        raise CryoflowError(path, "has no 'fixed' record (made by an older cryoflow pick); pick that folder again")
+    state: dict = {}
+    if fixed.get("state"):
+        if not (folder / fixed["state"]).is_file():
+            raise CryoflowError(folder / fixed["state"], "missing: the pick folder is incomplete")
+        state = torch.load(folder / fixed["state"], map_location="cpu", weights_only=True)
+        if state.get("cnn") is not None:
+            from cryoflow.picking.cnn import WIDTH
+            from cryoflow.picking.cnn_net import PickerNet
+
+            net = PickerNet(WIDTH)
+            net.load_state_dict(state["cnn"])
+            state["cnn"] = net.eval()
+    return fixed, state
+
+
+def _fixed_training(fixed: dict, parameters) -> object:
+    """The CNN's training record of a run with ``parameters``: trained there, not here."""
+    from cryoflow.picking.cnn import Training
+
+    cnn_fixed = fixed["cnn"]
+    return Training(
+        trained=bool(cnn_fixed["trained"]),
+        reason=cnn_fixed["reason"],
+        positive_source=f"the network of {Path(parameters).name} (not trained here)",
+    )
+
+
 def run_pick(
     micrographs: str | os.PathLike,
     out: str | os.PathLike,
@@ -323,6 +381,7 @@ def run_pick(
     train_coordinates: str | os.PathLike | None = None,
     seed: int = 0,
     loaded: dict[str, np.ndarray] | None = None,
+    parameters: str | os.PathLike | None = None,
 ) -> dict:
     """Pick every micrograph of ``micrographs`` into ``out`` (see the module doc); return the summary.
 
@@ -338,7 +397,10 @@ def run_pick(
     ``train_coordinates``: a particles STAR whose particles are the CNN's positives
     (e.g. classassess's particles_selected.star); ``seed``: the CNN's training seed;
     ``loaded``: micrographs already read (``os.path.realpath`` of the file -> image, as
-    ``run_ctf`` fills it), used instead of reading those files again.
+    ``run_ctf`` fills it), used instead of reading those files again; ``parameters``: a pick
+    folder whose ``fixed`` decisions (and ``picker_state.pt``) are used instead of deciding
+    over these micrographs (see the module doc; then no ``diameter``, ``threshold``,
+    ``filter_diameter`` or ``train_coordinates``, and ``templates`` only as that run had them).
     ``out`` must not exist or be empty.
     """
     from cryoflow.io import atomic_dir, write_blocks
@@ -359,8 +421,24 @@ def run_pick(
         raise CryoflowError(train_coordinates, "training coordinates STAR not found")
     use_cnn = (AUTO_PICKER if picker == "auto" else picker) == "cnn"
     device = torch.device(device)
+    fixed, state = None, {}
+    if parameters is not None:
+        if diameter is not None or threshold is not None or filter_diameter is not None or train_coordinates:
+            raise CryoflowError(None, "--parameters fixes diameter, threshold and the CNN; give none of them with it")
+        fixed, state = read_parameters(parameters)
+        diameter, filter_diameter, threshold = fixed["diameter_A"], fixed["filter_diameter_A"], fixed["threshold"]
+        use_cnn = fixed["cnn"] is not None
+        if (fixed["templates"] is None) != (templates is None):
+            raise CryoflowError(
+                parameters, "--templates must be given exactly when the run that fixed the parameters had them"
+            )
     mics = _Micrographs(star_path, Path(images) if images else None, loaded)
     bank, self_templated = None, False
+    if fixed is not None and fixed["self_template"]:
+        from cryoflow.picking.templates import TemplateBank
+
+        bank = TemplateBank(state["template"].numpy(), state["template_pixel_size"])
+        self_templated = True
     if templates is not None:
         from cryoflow.picking.templates import TemplateBank, read_templates
 
@@ -412,6 +490,8 @@ def run_pick(
     used = float(threshold) if threshold is not None else choice.threshold
     above = scores[scores >= used]
     median = float(np.median(above)) if len(above) else np.inf
+    if fixed is not None:  # the median pick of the run that fixed the parameters
+        median = np.inf if fixed["median_score"] is None else float(fixed["median_score"])
     ceiling = search.MAX_RELATIVE_SCORE * median
     flank_floor = max(used, search.FLANK_MIN_RELATIVE_SCORE * median)
     flank_dropped = 0
@@ -426,11 +506,19 @@ def run_pick(
     if use_cnn and picks:
         from cryoflow.picking.cnn_pick import rescore
 
-        training = rescore(picks, used, ceiling, seed=seed, device=device, train_coordinates=train_coordinates)
+        given = None
+        if fixed is not None:
+            given = (state.get("cnn"), fixed["cnn"]["logit_threshold"], _fixed_training(fixed, parameters))
+            if given[0] is not None:
+                given[0].to(device)
+        training = rescore(
+            picks, used, ceiling, seed=seed, device=device, train_coordinates=train_coordinates, fixed=given
+        )
     cnn_ran = training is not None and training.trained
     from cryoflow.picking.pick_junk import reject_junk
 
-    junk = reject_junk(picks) if JUNK_TESTS else None
+    run_junk = JUNK_TESTS if fixed is None else fixed["junk"] is not None
+    junk = reject_junk(picks, fixed["junk"] if fixed is not None else None) if run_junk else None
 
     summary = {
         "micrographs": len(mics),
@@ -441,7 +529,7 @@ def run_pick(
             "particles": int(sum(int(p.kept.sum()) for p in picks)),
         },
         "diameter_A": float(diameter),
-        "diameter_source": "searched" if evidence else "given",
+        "diameter_source": "searched" if evidence else ("fixed" if fixed is not None else "given"),
         "filter_diameter_A": float(filter_diameter),
         "picker": "self-template" if self_templated else ("templates" if bank is not None else "blob"),
         "picker_choice": {
@@ -468,7 +556,8 @@ def run_pick(
         if bank is not None
         else None,
         "threshold": used,
-        "threshold_source": "given" if threshold is not None else "chosen",
+        "threshold_source": "fixed" if fixed is not None else ("given" if threshold is not None else "chosen"),
+        "parameters_from": str(parameters) if parameters is not None else None,
         "ceiling": round(ceiling, 3) if np.isfinite(ceiling) else None,
         "rejected_too_strong": too_strong,
         "junk_tests": junk.to_dict() if junk is not None else None,
@@ -491,6 +580,24 @@ def run_pick(
             "per_micrograph_median": round(float(np.median([p.seconds for p in picks])), 3) if picks else 0.0,
             "total": round(time.perf_counter() - t0, 3),
         },
+        # every decision taken over the set, at full precision: what --parameters reads
+        "fixed": {
+            "diameter_A": float(diameter),
+            "filter_diameter_A": float(filter_diameter),
+            "threshold": used,
+            "median_score": median if np.isfinite(median) else None,
+            "self_template": self_templated,
+            "templates": None if templates is None else str(templates),
+            "cnn": {
+                "trained": cnn_ran,
+                "logit_threshold": float(training.threshold) if cnn_ran else None,
+                "reason": training.reason,
+            }
+            if training is not None
+            else None,
+            "junk": junk.fixed() if junk is not None else None,
+            "state": PICKER_STATE if cnn_ran or self_templated else None,
+        },
     }
     with atomic_dir(out) as tmp:
         index = []
@@ -503,6 +610,15 @@ def run_pick(
             from cryoflow.io import write_mrc
 
             write_mrc(tmp / SELF_TEMPLATE, bank.templates.numpy(), bank.pixel_size)
+        if cnn_ran or self_templated:
+            torch.save(
+                {
+                    "cnn": {k: v.cpu() for k, v in training.net.state_dict().items()} if cnn_ran else None,
+                    "template": bank.templates.cpu() if self_templated else None,
+                    "template_pixel_size": bank.pixel_size if self_templated else None,
+                },
+                tmp / PICKER_STATE,
+            )
         if report:
             from cryoflow.picking.pick_report import write_pick_report
 

@@ -82,6 +82,9 @@ class JunkTests:
     picks: int = 0
     mass_sigma: float = float("nan")
     peak_sigma: float = float("nan")
+    #: the dataset's median log mass and log peak density (the reference of sparse micrographs)
+    mass_pooled: float = float("nan")
+    peak_pooled: float = float("nan")
     rejected: dict[str, int] = field(default_factory=lambda: {k: 0 for k in REASONS})
 
     def to_dict(self) -> dict:
@@ -106,10 +109,26 @@ class JunkTests:
             "rejected_total": int(sum(self.rejected.values())),
         }
 
+    def fixed(self) -> dict:
+        """What a later run needs to test its picks exactly as these were (``reject_junk(fixed=...)``),
+        at full precision: whether the tests ran, the spreads and the dataset's medians."""
+        value = lambda v: float(v) if np.isfinite(v) else None  # noqa: E731
+        return {
+            "ran": self.ran,
+            "reason": self.reason,
+            "mass_sigma": value(self.mass_sigma),
+            "peak_sigma": value(self.peak_sigma),
+            "mass_pooled": value(self.mass_pooled),
+            "peak_pooled": value(self.peak_pooled),
+        }
 
-def _relative(values: list[np.ndarray]) -> list[np.ndarray]:
-    """Each micrograph's log values minus its median (the dataset's median for sparse micrographs)."""
-    pooled = np.median(np.concatenate(values)) if values else 0.0
+
+def _pooled(values: list[np.ndarray]) -> float:
+    return float(np.median(np.concatenate(values))) if values else 0.0
+
+
+def _relative(values: list[np.ndarray], pooled: float) -> list[np.ndarray]:
+    """Each micrograph's log values minus its median (``pooled``, the dataset's median, for sparse micrographs)."""
     return [v - (np.median(v) if len(v) >= MIN_PICKS else pooled) for v in values]
 
 
@@ -117,16 +136,23 @@ def _robust_sigma(x: np.ndarray) -> float:
     return float(1.4826 * np.median(np.abs(x - np.median(x)))) if len(x) else float("nan")
 
 
-def reject_junk(picks: list) -> JunkTests:
+def reject_junk(picks: list, fixed: dict | None = None) -> JunkTests:
     """Run the tests on the kept picks of ``picks`` (:class:`pick.MicrographPicks` with their
-    ``density``); rejected picks are no longer ``kept`` and their reason goes to ``p.junk``."""
+    ``density``); rejected picks are no longer ``kept`` and their reason goes to ``p.junk``.
+
+    ``fixed``: an earlier run's :meth:`JunkTests.fixed` (the whole dataset's, or a sample's):
+    its spreads and medians instead of those of ``picks``, so each micrograph is tested
+    exactly as in that run whatever else ``picks`` holds (a batch of a scattered pick step)."""
     record = JunkTests()
     kept = [np.nonzero(p.kept)[0] for p in picks]
     record.picks = int(sum(len(k) for k in kept))
     if any(p.density is None for p in picks):
         record.reason = "no density image"
         return record
-    if record.picks < MIN_TOTAL:
+    if fixed is not None and not fixed["ran"]:
+        record.reason = f"not run on the parameter search's picks: {fixed['reason']}"
+        return record
+    if fixed is None and record.picks < MIN_TOTAL:
         record.reason = f"only {record.picks} picks (at least {MIN_TOTAL} needed for the median pick)"
         return record
     masses, peaks = [], []
@@ -134,9 +160,16 @@ def reject_junk(picks: list) -> JunkTests:
         mass, peak = measure(p.density, p.to_density(p.yx[k]))
         masses.append(np.log(np.maximum(mass, 1e-6)))
         peaks.append(np.log(np.maximum(peak, 1e-6)))
-    masses, peaks = _relative(masses), _relative(peaks)
-    record.mass_sigma = _robust_sigma(np.concatenate(masses))
-    record.peak_sigma = _robust_sigma(np.concatenate(peaks))
+    if fixed is None:
+        record.mass_pooled, record.peak_pooled = _pooled(masses), _pooled(peaks)
+    else:
+        record.mass_pooled, record.peak_pooled = fixed["mass_pooled"], fixed["peak_pooled"]
+    masses, peaks = _relative(masses, record.mass_pooled), _relative(peaks, record.peak_pooled)
+    if fixed is None:
+        record.mass_sigma = _robust_sigma(np.concatenate(masses))
+        record.peak_sigma = _robust_sigma(np.concatenate(peaks))
+    else:
+        record.mass_sigma, record.peak_sigma = fixed["mass_sigma"], fixed["peak_sigma"]
     record.ran = True
     for p, k, m, q in zip(picks, kept, masses, peaks, strict=True):
         tests = {

@@ -15,6 +15,7 @@ from cryoflow.picking.search import (  # noqa: E402
     CORE_MIN_COUNT,
     CORE_PERCENTILE,
     SPHERE_CALIBRATION,
+    core_calibration,
 )
 from cryoflow.report import Report  # noqa: E402
 from cryoflow.report.builder import contrast_stretch  # noqa: E402
@@ -232,7 +233,9 @@ def write_pick_report(out: Path, summary: dict, picks: list, evidence, choice) -
                 "The sphere filter sees a rotationally averaged particle. The diameter is then refined from the strong "
                 "picks themselves: the long axis of each pick's dense core is measured (a particle seen side-on shows "
                 f"its full length, end-on its width), and the {CORE_PERCENTILE}th percentile of those lengths, divided "
-                f"by {CORE_CALIBRATION} (calibrated on simulated particles), is the diameter. With fewer than "
+                f"by {core_calibration(evidence.elongation):.2f} (calibrated on simulated particles: "
+                f"{CORE_CALIBRATION['round']} for round cores, {CORE_CALIBRATION['rod']} for rod-like ones, "
+                f"between them by the cores' elongation, here {evidence.elongation:.2f}), is the diameter. With fewer than "
                 f"{CORE_MIN_COUNT} measurable cores the sphere filter's value is kept."
             )
             fig, ax = plt.subplots(figsize=(5, 3))

@@ -17,8 +17,13 @@ Diameter (when the user gives none)
     moments, the full length of a uniform ellipse) is measured. Projections in random
     orientations show an elongated particle at every length between its width and its
     length, so the diameter is the :data:`CORE_PERCENTILE` th percentile of the long axes
-    divided by :data:`CORE_CALIBRATION` (measured on simulated globular, elongated and
-    flat species of 115-250 Å: 0.85-1.11).
+    divided by a calibration that depends on the cores' elongation (:func:`core_calibration`):
+    the half-maximum contour of a projected sphere lies at sqrt(3)/2 = 0.87 of its diameter,
+    while a rod's reaches nearly its ends, so one constant (0.96 before) underestimated
+    globular particles and overestimated elongated ones (simulated, seeds 1000-1007: 7DDO
+    -6% -> -3%, globular 150 Å -7% -> +1%, elongated 150/200/260 Å +7/+15/-10% -> +4/+6/-5%,
+    ring 180 Å +13% -> +10%; a multimer of 170 Å stays at -30%: its subunits are measured
+    as separate cores).
 
 Threshold
     Scores are in standard deviations of the shot noise after the filter, so pure noise
@@ -48,8 +53,11 @@ DIAMETERS = tuple(float(d) for d in np.geomspace(40.0, 500.0, 19).round(1))
 SPHERE_CALIBRATION = 0.73
 #: percentile of the picks' core long axes taken as the particle's length
 CORE_PERCENTILE = 80
-#: that percentile over the particle's largest extent (simulated species of 115-250 Å)
-CORE_CALIBRATION = 0.96
+#: that percentile over the particle's largest extent for round cores (median long/short axis
+#: <= ROUND_ELONGATION; simulated globular species: 0.85-0.89) and for rod-like ones
+#: (>= ROD_ELONGATION; simulated elongated species: 1.02-1.10), linear in between
+CORE_CALIBRATION = {"round": 0.88, "rod": 1.04}
+ROUND_ELONGATION, ROD_ELONGATION = 1.2, 2.2
 #: strong picks (score above this) whose cores are measured
 CORE_MIN_SCORE = 6.0
 #: fewer measured cores than this: the sphere filter's estimate is kept
@@ -200,11 +208,22 @@ def self_template(cores: Cores) -> np.ndarray:
     return ((average + average.flip(0).flip(1)) / 2).numpy()  # the long axis has no direction
 
 
-def diameter_from_cores(axes: list[float]) -> float | None:
-    """The particle diameter (Å) from the picks' core long axes (Å), or None when too few were measured."""
+def core_calibration(elongation: float) -> float:
+    """The :data:`CORE_PERCENTILE` th percentile of the core long axes over the particle's
+    largest extent, for cores of this median elongation (see :data:`CORE_CALIBRATION`)."""
+    if not np.isfinite(elongation):
+        elongation = ROUND_ELONGATION
+    return float(
+        np.interp(elongation, [ROUND_ELONGATION, ROD_ELONGATION], [CORE_CALIBRATION["round"], CORE_CALIBRATION["rod"]])
+    )
+
+
+def diameter_from_cores(axes: list[float], elongation: float = float("nan")) -> float | None:
+    """The particle diameter (Å) from the picks' core long axes (Å) and their median elongation,
+    or None when too few were measured."""
     if len(axes) < CORE_MIN_COUNT:
         return None
-    return float(round(np.percentile(axes, CORE_PERCENTILE) / CORE_CALIBRATION, 1))
+    return float(round(np.percentile(axes, CORE_PERCENTILE) / core_calibration(elongation), 1))
 
 
 def scale_response(prepare_binned, pixel_size: float, diameters=DIAMETERS) -> np.ndarray:
