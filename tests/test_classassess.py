@@ -264,4 +264,3 @@ def test_every_class_rejected_gives_an_empty_clean_stack(classified, tmp_path, c
     assert yields["cfPicks"].sum() == 1500 and (yields["cfGoodParticles"] == 0).all()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["particles_kept"] == 0 and summary["passed_through"]
-

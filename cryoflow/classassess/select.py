@@ -94,7 +94,9 @@ def select(
     w = np.where(np.isfinite(counts), counts, 1.0)
     empty = w <= 0
     chosen = (p >= threshold) & ~empty
-    decision = ["rejected (no particles)" if e else "kept" if c else "rejected" for c, e in zip(chosen, empty, strict=True)]
+    decision = [
+        "rejected (no particles)" if e else "kept" if c else "rejected" for c, e in zip(chosen, empty, strict=True)
+    ]
     notes = []
     order = np.argsort(-p)
     for i in order:
