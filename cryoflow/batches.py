@@ -254,7 +254,7 @@ def _copy_report(folder: Path, dest: Path) -> None:
 
 
 def _merge_ctf(folders: list[Path], out: Path) -> dict:
-    from cryoflow.ctf.run import _add_relative_thickness
+    from cryoflow.ctf.run import add_relative_thickness
     from cryoflow.io import StarTable, atomic_dir, write_table
 
     fitted, counts = concat_tables([f / "micrographs_ctf.star" for f in folders], "micrographs")
@@ -291,7 +291,7 @@ def _merge_ctf(folders: list[Path], out: Path) -> dict:
                     "report": f"batches/{folder.name}/report.html",
                 }
             )
-        _add_relative_thickness(table, failed_table)
+        add_relative_thickness(table, failed_table)
         write_table(tmp / "micrographs_ctf.star", StarTable(optics, table, "micrographs"))
         if len(failed_table):
             write_table(tmp / "micrographs_ctf_failed.star", StarTable(optics, failed_table, "micrographs"))
@@ -351,7 +351,7 @@ def _ctf_report(out: Path, fitted: pd.DataFrame, failed: pd.DataFrame, optics: p
     import matplotlib.pyplot as plt
 
     from cryoflow.ctf.estimate import METRIC_DOCS
-    from cryoflow.ctf.report import INTRO, _hist
+    from cryoflow.ctf.report import INTRO, histogram
     from cryoflow.report import Report
 
     batches = summary["merged_from"]
@@ -385,8 +385,8 @@ def _ctf_report(out: Path, fitted: pd.DataFrame, failed: pd.DataFrame, optics: p
             "Defocus and fit resolution",
             "How the dataset was collected and how far the Thon rings reach, over every batch.",
         )
-        dist.figure(_hist(defocus, "defocus (µm)", "Defocus"), "Histogram of the mean defocus.")
-        dist.figure(_hist(resolution, "fit resolution (Å)", "Fit resolution"), METRIC_DOCS["fit_resolution"])
+        dist.figure(histogram(defocus, "defocus (µm)", "Defocus"), "Histogram of the mean defocus.")
+        dist.figure(histogram(resolution, "fit resolution (Å)", "Fit resolution"), METRIC_DOCS["fit_resolution"])
         fig, ax = plt.subplots(figsize=(7, 2.6))
         ax.plot(np.arange(len(resolution)), resolution, "o-", ms=3, lw=0.6, color="#1f6f8b")
         ax.set_xlabel("micrograph (acquisition order)")

@@ -24,7 +24,7 @@ INTRO = (
 )
 
 
-def _hist(values, xlabel, title, bins=20):
+def histogram(values, xlabel, title, bins=20):
     fig, ax = plt.subplots(figsize=(4.2, 2.8))
     values = np.asarray(values, dtype=float)
     values = values[np.isfinite(values)]
@@ -82,13 +82,13 @@ def write_report(
             "How the dataset was collected: the spread of defocus and how well the lens was stigmated.",
         )
         dist.figure(
-            _hist(defocus, "defocus (µm)", "Defocus"),
+            histogram(defocus, "defocus (µm)", "Defocus"),
             "Histogram of the mean defocus. A target range set in the acquisition software appears as a plateau.",
         )
-        dist.figure(_hist(astig, "astigmatism (Å)", "Astigmatism"), "Histogram of astigmatism (defocus U - V).")
+        dist.figure(histogram(astig, "astigmatism (Å)", "Astigmatism"), "Histogram of astigmatism (defocus U - V).")
 
         res = report.section("Fit resolution", METRIC_DOCS["fit_resolution"])
-        res.figure(_hist(resolution, "fit resolution (Å)", "Fit resolution"), "Distribution of the fit resolution.")
+        res.figure(histogram(resolution, "fit resolution (Å)", "Fit resolution"), "Distribution of the fit resolution.")
         fig, ax = plt.subplots(figsize=(7, 2.6))
         order = [i for i, r in enumerate(results) if r.ok]
         ax.plot(order, resolution, "o-", ms=3, lw=0.6, color="#1f6f8b")

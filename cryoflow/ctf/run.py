@@ -186,7 +186,7 @@ def run_ctf(
             if result.ok and diagnostics:
                 _save_diagnostic(result, tmp / "diagnostics" / f"{stem}.png")
         fitted, failed = tables(mics, stems, results, diagnostics=diagnostics)
-        _add_relative_thickness(fitted, failed, session_intensities)
+        add_relative_thickness(fitted, failed, session_intensities)
         write_table(tmp / "micrographs_ctf.star", StarTable(optics_table, fitted, "micrographs"))
         if len(failed):
             write_table(tmp / "micrographs_ctf_failed.star", StarTable(optics_table, failed, "micrographs"))
@@ -269,7 +269,7 @@ def tables(
     return pd.DataFrame(fitted), pd.DataFrame(failed)
 
 
-def _add_relative_thickness(fitted: pd.DataFrame, failed: pd.DataFrame, others: Sequence[float] = ()) -> None:
+def add_relative_thickness(fitted: pd.DataFrame, failed: pd.DataFrame, others: Sequence[float] = ()) -> None:
     """Relative ice thickness ln(I_ref / I): I the mean intensity, I_ref its 95th percentile over
     the fitted micrographs (the thinnest typical ice of the dataset; ``others``: mean intensities
     of more fitted micrographs of it, not in ``fitted``). In units of the inelastic mean free

@@ -1293,14 +1293,14 @@ class Cumulative:
 
     def write(self, params: dict | None) -> None:
         """Write the cumulative STAR files, summaries and step pages into the run folder (each atomically)."""
-        from cryoflow.ctf.run import _add_relative_thickness
+        from cryoflow.ctf.run import add_relative_thickness
         from cryoflow.io import write_blocks, write_table
         from cryoflow.report.builder import write_summary
 
         merged = {k: _concat(v) for k, v in self.tables.items()}
         if merged["ctf"] is not None:  # ice thickness relative to the whole session, not one batch
             failed = merged["ctf_failed"].table if merged["ctf_failed"] is not None else pd.DataFrame()
-            _add_relative_thickness(merged["ctf"].table, failed)
+            add_relative_thickness(merged["ctf"].table, failed)
         for key, table in merged.items():
             step, name = TABLES[key]
             if table is not None:
