@@ -243,11 +243,11 @@ def test_relative_thickness_against_the_session():
     import numpy as np
     import pandas as pd
 
-    from cryoflow.ctf.run import _add_relative_thickness
+    from cryoflow.ctf.run import add_relative_thickness
 
     def thickness(intensities, others=()):
         fitted = pd.DataFrame({"cryoflowMeanIntensity": intensities})
-        _add_relative_thickness(fitted, pd.DataFrame(), others)
+        add_relative_thickness(fitted, pd.DataFrame(), others)
         return fitted["cryoflowRelativeIceThickness"].to_numpy()
 
     session = [100.0, 98.0, 80.0, 101.0, 99.0]
