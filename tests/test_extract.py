@@ -314,7 +314,7 @@ def test_whole_micrograph_binning_matches_per_window_binning(tmp_path):
         assert r > 0.99, r
         # processed in chunks: the same images
         chunked = pim.cut_particles(image, x, y, box, window, bg, flip, max_pixels=2 * box * box)
-        assert torch.allclose(chunked, whole, atol=1e-4)
+        assert torch.allclose(chunked, whole, atol=1e-3)  # float32 sums in another order (values up to ~40)
 
 
 def test_binned_starts_and_padding():

@@ -123,3 +123,33 @@ def test_read_micrograph_memory_mapped(tmp_path):
     data[5, 6] = np.inf
     with pytest.raises(CryoflowError, match="1 NaN or Inf"):
         read_micrograph(write_mrc(tmp_path / "inf.mrc", data, pixel_size=1.0), mmap=True)
+
+
+def test_large_writes_go_out_in_pieces(tmp_path, monkeypatch):
+    """Data larger than WRITE_CHUNK reaches the file in pieces of WRITE_CHUNK bytes (which may split
+    elements), anything else in one call; the MRC written that way is the one written in one call."""
+    import io
+
+    class Recorder(io.BytesIO):
+        def __init__(self):
+            super().__init__()
+            self.sizes = []
+
+        def write(self, b):
+            self.sizes.append(memoryview(b).nbytes)
+            return super().write(b)
+
+    monkeypatch.setattr(cryoflow.io.mrc, "WRITE_CHUNK", 1001)
+    data = np.arange(1000, dtype=np.float32)
+    stream = Recorder()
+    writer = cryoflow.io.mrc._ChunkedWrites(stream)
+    assert writer.write(b"head") == 4 and writer.write(data) == 4000 and writer.write(data[:10]) == 40
+    assert stream.sizes == [4, 1001, 1001, 1001, 997, 40]
+    assert stream.getvalue() == b"head" + data.tobytes() + data[:10].tobytes()
+    assert writer.tell() == 4044  # other calls reach the file
+    rng = np.random.default_rng(2)
+    stack = (rng.standard_normal((5, 40, 60)) * 30).astype(np.float32)
+    pieces = write_mrc(tmp_path / "pieces.mrcs", stack, pixel_size=1.5)
+    monkeypatch.setattr(cryoflow.io.mrc, "WRITE_CHUNK", 1 << 30)
+    whole = write_mrc(tmp_path / "whole.mrcs", stack, pixel_size=1.5)
+    assert pieces.read_bytes() == whole.read_bytes()

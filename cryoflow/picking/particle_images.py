@@ -33,6 +33,29 @@ from cryoflow.optics import ctf_values
 BOX_FACTOR = 1.5
 #: Background circle diameter as a fraction of the box (RELION's default bg_radius = 0.75 * box / 2).
 BG_DIAMETER_FRACTION = 0.75
+#: Rows of the micrograph transformed at once when binning (a few MiB: in cache).
+ROW_BLOCK = 64
+
+
+class Workspace:
+    """Named buffers kept between calls, one per name, grown when a call needs more.
+
+    Extraction makes the same large temporaries for every micrograph (spectra of the whole
+    micrograph, the stack of boxes); fresh memory of that size costs a page fault per 4 KiB
+    page each time, more than the arithmetic. A buffer from :meth:`get` is only valid until the
+    next :meth:`get` of the same name.
+    """
+
+    def __init__(self):
+        self._buffers: dict[str, torch.Tensor] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], dtype=torch.float32, device="cpu") -> torch.Tensor:
+        """An uninitialized ``shape`` tensor, a view of the buffer ``name``."""
+        n = math.prod(shape)
+        buf = self._buffers.get(name)
+        if buf is None or buf.numel() < n or buf.dtype != dtype or buf.device != torch.device(device):
+            buf = self._buffers[name] = torch.empty(n, dtype=dtype, device=device)
+        return buf[:n].view(shape)
 
 
 def auto_box(diameter_A: float, pixel_size_A: float, factor: float = BOX_FACTOR) -> int:
@@ -65,6 +88,21 @@ def gather_boxes(image: torch.Tensor, y0: torch.Tensor, x0: torch.Tensor, size: 
     """
     windows = image.unfold(0, size, 1).unfold(1, size, 1)  # (H - size + 1, W - size + 1, size, size) view
     return windows[y0.to(image.device), x0.to(image.device)]
+
+
+def copy_boxes(image: torch.Tensor, y0: torch.Tensor, x0: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """Cut the boxes starting at ``(y0, x0)`` from ``image`` ``(H, W)`` into ``out`` ``(N, B, B)`` float32.
+
+    On the CPU one slice copy per box (numpy: converts integer or float16 micrographs on the
+    way, reads only the box's rows); on a GPU :func:`gather_boxes`.
+    """
+    size = out.shape[-1]
+    if image.device.type != "cpu":
+        return out.copy_(gather_boxes(image, y0, x0, size))
+    src, dst = image.numpy(), out.numpy()
+    for j, (a, b) in enumerate(zip(y0.tolist(), x0.tolist(), strict=True)):
+        dst[j] = src[a : a + size, b : b + size]
+    return out
 
 
 def fourier_crop(spectrum: torch.Tensor, size: int, box: int) -> torch.Tensor:
@@ -130,7 +168,7 @@ def padded_size(n: int, box: int, window: int) -> int:
     return first
 
 
-def bin_micrograph(image: torch.Tensor, box: int, window: int) -> torch.Tensor:
+def bin_micrograph(image: torch.Tensor, box: int, window: int, workspace: Workspace | None = None) -> torch.Tensor:
     """Fourier-bin a whole micrograph by ``window / box``, as :func:`fourier_crop` bins each box.
 
     ``image``: ``(H, W)``. The micrograph is padded at its far edges with its mean to
@@ -139,24 +177,43 @@ def bin_micrograph(image: torch.Tensor, box: int, window: int) -> torch.Tensor:
     ``(j q / p, i q / p)``, and the pixel size becomes ``pixel size x window / box``. Values are
     scaled by ``(p / q)²`` so the mean is kept.
 
-    Separable: a real FFT along x keeps only the columns below the binned Nyquist, then the
-    FFT along y and the crop of rows, then the inverse transforms on the binned grid.
+    Separable, in blocks of ``ROW_BLOCK`` rows or columns (each block's transform is small and
+    stays in cache): a real FFT along x keeps only the columns below the binned Nyquist; the FFT
+    along y, the crop of rows and the inverse FFT along y, a block of columns at a time; the
+    inverse real FFT along x. Padding with the mean is done without a padded copy: the mean is
+    subtracted, the transform zero-pads, and the mean is added back to the zero frequency.
+    ``workspace`` keeps the large spectra between calls (no fresh memory to fault in for every
+    micrograph); the result is a buffer of ``workspace`` when one is given.
     """
     g = math.gcd(box, window)
     p, q = box // g, window // g
     h, w = image.shape
     hp, wp = padded_size(h, box, window), padded_size(w, box, window)
-    image = image.float()
-    if (hp, wp) != (h, w):
-        image = torch.nn.functional.pad(image[None], (0, wp - w, 0, hp - h), value=float(image.mean()))[0]
     mh, mw = hp * p // q, wp * p // q
-    spectrum = torch.fft.rfft(image, dim=1)[:, : mw // 2 + 1]
-    spectrum = torch.fft.fft(spectrum, dim=0)
-    if mh < hp:
-        spectrum = torch.cat([spectrum[: mh // 2], spectrum[hp - mh // 2 :]])
-    spectrum *= (mh * mw) / (hp * wp)
-    spectrum = torch.fft.ifft(spectrum, dim=0)
-    return torch.fft.irfft(spectrum, n=mw, dim=1)
+    keep = mw // 2 + 1
+    workspace = workspace or Workspace()
+    mean = float(image.mean(dtype=torch.float32))  # a cascade sum: float32 is accurate here
+    columns = workspace.get("bin_columns", (hp, keep), torch.complex64, image.device)
+    for r in range(0, h, ROW_BLOCK):
+        rows = image[r : r + ROW_BLOCK].float() - mean
+        columns[r : r + len(rows)] = torch.fft.rfft(rows, n=wp, dim=1)[:, :keep]
+    columns[h:] = 0
+    binned = workspace.get("bin_binned", (mh, keep), torch.complex64, image.device)
+    half, scale = mh // 2, (mh * mw) / (hp * wp)
+    for c in range(0, keep, ROW_BLOCK):  # along y, a block of columns at a time: transform, crop, back
+        spectrum = torch.fft.fft(columns[:, c : c + ROW_BLOCK], dim=0)
+        if c == 0:
+            spectrum[0, 0] += mean * hp * wp  # the mean back, over the padded micrograph too
+        block = binned[:, c : c + ROW_BLOCK]
+        if mh < hp:
+            block[:half], block[half:] = spectrum[:half], spectrum[hp - half :]
+        else:
+            block.copy_(spectrum)
+        block.copy_(torch.fft.ifft(block.mul_(scale), dim=0))
+    out = workspace.get("bin_image", (mh, mw), torch.float32, image.device)
+    for r in range(0, mh, ROW_BLOCK):
+        out[r : r + ROW_BLOCK] = torch.fft.irfft(binned[r : r + ROW_BLOCK], n=mw, dim=1)
+    return out
 
 
 def binned_starts(coords: torch.Tensor, box: int, window: int) -> torch.Tensor:
@@ -177,7 +234,8 @@ def background_mask(box: int, bg_radius: float, device=None) -> torch.Tensor:
 
 @functools.lru_cache(maxsize=8)
 def _background_model(box: int, bg_radius: float, ramp: bool, dtype: torch.dtype, device: torch.device):
-    """Background mask ``(B²,)``, design ``(B², k)`` (1, x, y or 1), masked design and ``(k, k)`` inverse Gram matrix."""
+    """Background mask ``(B²,)``, design ``(B², k)`` (1, x, y or 1), masked design transposed ``(k, B²)`` and
+    ``(k, k)`` inverse Gram matrix."""
     mask = background_mask(box, bg_radius, device).reshape(-1).to(dtype)  # (B²,)
     r = torch.arange(box, device=device, dtype=dtype) - box // 2
     yy, xx = torch.meshgrid(r, r, indexing="ij")
@@ -185,11 +243,16 @@ def _background_model(box: int, bg_radius: float, ramp: bool, dtype: torch.dtype
     design = torch.stack([ones, xx.reshape(-1), yy.reshape(-1)], dim=1) if ramp else ones[:, None]  # (B², k)
     weighted = design * mask[:, None]
     gram = (weighted.T.double() @ design.double()).inverse().to(dtype)  # (k, k)
-    return mask, design, weighted, gram
+    return mask, design, weighted.T.contiguous(), gram
 
 
 def normalize_background(
-    images: torch.Tensor, bg_radius: float, ramp: bool = True, scale: float = 1.0, out: torch.Tensor | None = None
+    images: torch.Tensor,
+    bg_radius: float,
+    ramp: bool = True,
+    scale: float = 1.0,
+    out: torch.Tensor | None = None,
+    workspace: Workspace | None = None,
 ) -> torch.Tensor:
     """Zero mean, unit standard deviation in the background ring, as RELION normalizes.
 
@@ -201,13 +264,15 @@ def normalize_background(
     result to (may be ``images`` itself: normalized in place); a new tensor if ``None``.
 
     Passes over the batch: the moments (one read), the plane subtracted (one read and write,
-    into ``out``), the background variance (one read, squares taken a few images at a time, a
-    small temporary) and the scaling (in place). The fixed matrices are cached per box size.
+    into ``out``), the background variance (one read, squares taken a few images at a time
+    into a small buffer of ``workspace``) and the scaling (in place). Called on a few MiB at a
+    time (:func:`cut_particles`) every pass runs in cache. The fixed matrices are cached per
+    box size.
     """
     n, box, _ = images.shape
-    mask, design, weighted, gram = _background_model(box, float(bg_radius), ramp, images.dtype, images.device)
+    mask, design, weighted_t, gram = _background_model(box, float(bg_radius), ramp, images.dtype, images.device)
     flat = images.reshape(n, -1)
-    coeffs = (flat @ weighted) @ gram  # (N, k) least-squares fit on the background
+    coeffs = (weighted_t @ flat.T).T @ gram  # (N, k) least-squares fit on the background
     result = flat if out is None or out is images else out.reshape(n, -1)
     if out is None:
         result = torch.addmm(flat, coeffs, design.T, alpha=-1)  # minus the fitted background
@@ -215,8 +280,12 @@ def normalize_background(
         result.addmm_(coeffs, design.T, alpha=-1)
     else:
         torch.addmm(flat, coeffs, design.T, alpha=-1, out=result)
-    step = max(1, (1 << 21) // (box * box))  # ~8 MiB of squares at a time
-    var = torch.cat([result[s : s + step].square() @ mask for s in range(0, n, step)]) if n else mask[:0]
+    step = max(1, (1 << 18) // (box * box))  # ~1 MiB of squares at a time
+    squares = (workspace or Workspace()).get("squares", (min(step, n), box * box), result.dtype, result.device)
+    var = torch.empty(n, dtype=result.dtype, device=result.device)
+    for s in range(0, n, step):
+        part = result[s : s + step]
+        torch.mv(torch.mul(part, part, out=squares[: len(part)]), mask, out=var[s : s + len(part)])
     var /= max(float(mask.sum()) - design.shape[1], 1.0)
     factor = torch.where(var > 0, scale / var.clamp_min(1e-30).sqrt(), 0.0)
     return result.mul_(factor[:, None]).reshape(n, box, box)
@@ -255,7 +324,9 @@ def cut_particles(
     bg_radius: float,
     flip_sign: torch.Tensor | None = None,
     ramp: bool = True,
-    max_pixels: int = 1 << 25,
+    max_pixels: int = 1 << 20,
+    out: torch.Tensor | None = None,
+    workspace: Workspace | None = None,
 ) -> torch.Tensor:
     """Particle images ``(N, box, box)`` float32 (particles white, normalized) from one micrograph.
 
@@ -268,10 +339,13 @@ def cut_particles(
     pixel without binning). ``flip_sign``: ``(box, box // 2 + 1)`` sign map of the output box
     (:func:`ctf_sign` at the output pixel size; the frequencies of the window's grid below the
     binned Nyquist) multiplied into each box's spectrum (phase flipping, per box as before).
-    Boxes are cut and processed ``max_pixels`` output pixels at a time.
+    Boxes are cut, flipped and normalized ``max_pixels`` output pixels (4 MiB) at a time, so each
+    pass runs in cache; ``out`` ``(N, box, box)`` float32 receives them (a new tensor if
+    ``None``); ``workspace`` keeps the large temporaries between micrographs.
     """
+    workspace = workspace or Workspace()
     if box != window:
-        image = bin_micrograph(image, box, window)
+        image = bin_micrograph(image, box, window, workspace)
         x0, y0 = binned_starts(x, box, window), binned_starts(y, box, window)
         # never needed when the window fits (the rounding keeps the binned box inside); a safeguard
         x0 = x0.clamp(0, image.shape[1] - box)
@@ -279,13 +353,12 @@ def cut_particles(
     else:
         x0, y0 = box_starts(x, box), box_starts(y, box)
     n = len(x0)
+    if out is None:
+        out = torch.empty(n, box, box, dtype=torch.float32, device=image.device)
     chunk = max(1, max_pixels // box**2)
-    out = None if n <= chunk else torch.empty(n, box, box, dtype=torch.float32, device=image.device)
     for s in range(0, n, chunk):
-        boxes = gather_boxes(image, y0[s : s + chunk], x0[s : s + chunk], box).float()
+        boxes = copy_boxes(image, y0[s : s + chunk], x0[s : s + chunk], out[s : s + chunk])
         if flip_sign is not None:
-            boxes = torch.fft.irfft2(torch.fft.rfft2(boxes) * flip_sign, s=(box, box))
-        if out is None:  # one batch: normalized in place
-            return normalize_background(boxes, bg_radius, ramp=ramp, scale=-1.0, out=boxes)
-        normalize_background(boxes, bg_radius, ramp=ramp, scale=-1.0, out=out[s : s + chunk])
+            boxes.copy_(torch.fft.irfft2(torch.fft.rfft2(boxes) * flip_sign, s=(box, box)))
+        normalize_background(boxes, bg_radius, ramp=ramp, scale=-1.0, out=boxes, workspace=workspace)
     return out
