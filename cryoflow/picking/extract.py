@@ -54,8 +54,10 @@ import json
 import math
 import os
 import sys
+import threading
 import time
 import warnings
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -74,6 +76,7 @@ COORDINATES_STAR = "coordinates.star"
 PICK_SUMMARY = "summary.json"
 STACK_DIR = "Particles"
 GALLERY = 48  # particles kept for the report
+MAX_WORKERS = 8  # micrographs cut at once (one per CPU thread; each holds its own buffers)
 
 
 def is_carried(column: str) -> bool:
@@ -316,6 +319,32 @@ class _Work:
     y: torch.Tensor
 
 
+@dataclass
+class _Cut:
+    """What a worker hands back for one micrograph (its stack is already written)."""
+
+    n: int  # particles
+    total: torch.Tensor  # (box, box) float64 sum of the particle images (the report's average)
+    first: np.ndarray  # the first few particle images (the report's gallery)
+
+
+def _in_order(pool: ThreadPoolExecutor, fn, items: list, ahead: int):
+    """``fn(item)`` for each item, run on ``pool`` with at most ``ahead`` in flight; results in order.
+
+    The first failure raises here and the items not yet started are cancelled."""
+    pending: deque = deque()
+    try:
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= ahead:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for future in pending:
+            future.cancel()
+
+
 def run_extract(
     micrographs: str | os.PathLike,
     coordinates: str | os.PathLike,
@@ -381,11 +410,12 @@ def run_extract(
     bases: list[Path] = []
     used_groups: dict[int, float] = {}
     n_done = 0
-    order = [i for i in range(len(names)) if (rows == i).any()]
+    by_micrograph = pd.Series(np.arange(len(rows))).groupby(rows).indices  # micrograph row -> its picks' rows
+    order = [i for i in range(len(names)) if i in by_micrograph]
     work: list[_Work] = []
     for i in order:  # the checks first (headers only): a bad micrograph fails the step before any work
         name = names[i]
-        picks = coords.table[rows == i]
+        picks = coords.table.iloc[by_micrograph[i]]
         record = {"micrograph": name, "picked": len(picks), "extracted": 0, "dropped_at_edges": 0, "skipped": ""}
         per_mic.append(record)
         ctf = table.iloc[i]
@@ -417,84 +447,85 @@ def run_extract(
                 _Work(i, name, path, float(apix_rows[i]), defocus, record, picks[keep.numpy()], x[keep], y[keep])
             )
 
-    workspace = pim.Workspace()  # large temporaries reused from micrograph to micrograph
-    # one I/O thread reads the next micrograph and writes the last stack while this one is cut
-    with atomic_dir(out) as tmp, ThreadPoolExecutor(max_workers=1, thread_name_prefix="extract-io") as io:
-        reading = io.submit(read_micrograph, work[0].path, work[0].apix, True) if work else None
-        writes: list = []
-        for k, job in enumerate(progress(work, desc="extract", unit="mic")):
-            image, _ = reading.result()
-            if k + 1 < len(work):
-                reading = io.submit(read_micrograph, work[k + 1].path, work[k + 1].apix, True)
-            for write in writes:
-                if write.done():
-                    write.result()  # raises a failed write's error
-            writes = [write for write in writes if not write.done()]
-            i, name, apix = job.index, job.name, job.apix
-            with warnings.catch_warnings():  # a read-only memory map (never written to here)
-                warnings.simplefilter("ignore", UserWarning)
-                image_t = torch.from_numpy(image).to(device)
-            group = int(optics_rows["rlnOpticsGroup"].iloc[i])
-            used_groups[group] = apix
+    take = max(1, GALLERY // max(len(order), 1))  # gallery images per micrograph
+    local = threading.local()
+
+    def cut(job: _Work) -> _Cut:
+        """Read, cut and write one micrograph's particles (in a worker thread)."""
+        workspace = getattr(local, "workspace", None)
+        if workspace is None:  # large temporaries reused from micrograph to micrograph, one set per thread
+            workspace = local.workspace = pim.Workspace()
+        i, apix = job.index, job.apix
+        image, _ = read_micrograph(job.path, apix, mmap=True)
+        with warnings.catch_warnings():  # a read-only memory map (never written to here)
+            warnings.simplefilter("ignore", UserWarning)
+            image_t = torch.from_numpy(image).to(device)
+        flip = None
+        if phase_flip:  # one micrograph CTF: the same sign map for every particle (broadcast)
             opt = optics_rows.iloc[i]
-            flip = None
-            if phase_flip:  # one micrograph CTF: the same sign map for every particle (broadcast)
-                flip = pim.ctf_sign(
-                    choice.box,
-                    apix * choice.window / choice.box,  # the window's frequencies kept by binning
-                    *job.defocus,
-                    float(opt["rlnVoltage"]),
-                    float(opt["rlnSphericalAberration"]),
-                    float(opt["rlnAmplitudeContrast"]),
-                    float(phase[i]) if np.isfinite(phase[i]) else 0.0,
-                    device=device,
-                )[0]
-            # two stack buffers in turn: the I/O thread writes one while the other is filled
-            buffer = workspace.get(f"stack{k % 2}", (len(job.x), choice.box, choice.box), torch.float32, device)
-            stack_t = pim.cut_particles(
-                image_t,
-                job.x,
-                job.y,
+            flip = pim.ctf_sign(
                 choice.box,
-                choice.window,
-                bg_radius,
-                flip,
-                ramp=ramp,
-                out=buffer,
-                workspace=workspace,
-            ).cpu()
-            del image, image_t
-            stack = stack_t.numpy()
-            rel = stack_name(name)
-            writes.append(io.submit(write_mrc, tmp / rel, stack, apix * choice.window / choice.box, stack=True))
-            average += (torch.ones(1, len(stack_t)) @ stack_t.reshape(len(stack_t), -1)).reshape(average.shape).double()
-            n_done += len(stack)
-            job.record["extracted"] = len(stack)
-            if len(gallery) < GALLERY:
-                take = min(len(stack), max(1, GALLERY // max(len(order), 1)), GALLERY - len(gallery))
-                gallery.extend(stack[:take].copy())  # copies: the buffer is reused
-                captions.extend(f"{Path(name).stem} #{j + 1}" for j in range(take))
-            kept = job.picks
-            frame = pd.DataFrame(
-                {
-                    "rlnImageName": [f"{j + 1:06d}@{rel}" for j in range(len(stack))],
-                    "rlnMicrographName": name,
-                    "rlnCoordinateX": kept["rlnCoordinateX"].to_numpy(float),
-                    "rlnCoordinateY": kept["rlnCoordinateY"].to_numpy(float),
-                }
-            )
-            for c in CTF_COLUMNS + OPTIONAL_CTF:
-                if c in table:
-                    frame[c] = table[c].iloc[i]
-                elif c == "rlnPhaseShift":
-                    frame[c] = 0.0
-            frame["rlnOpticsGroup"] = group
-            for c in kept.columns:
-                if is_carried(c):
-                    frame[c] = kept[c].to_numpy()
-            particle_frames.append(frame)
-        for write in writes:
-            write.result()
+                apix * choice.window / choice.box,  # the window's frequencies kept by binning
+                *job.defocus,
+                float(opt["rlnVoltage"]),
+                float(opt["rlnSphericalAberration"]),
+                float(opt["rlnAmplitudeContrast"]),
+                float(phase[i]) if np.isfinite(phase[i]) else 0.0,
+                device=device,
+            )[0]
+        buffer = workspace.get("stack", (len(job.x), choice.box, choice.box), torch.float32, device)
+        stack_t = pim.cut_particles(
+            image_t, job.x, job.y, choice.box, choice.window, bg_radius, flip, ramp, out=buffer, workspace=workspace
+        ).cpu()
+        del image, image_t
+        write_mrc(tmp / stack_name(job.name), stack_t.numpy(), apix * choice.window / choice.box, stack=True)
+        total = (torch.ones(1, len(stack_t)) @ stack_t.reshape(len(stack_t), -1)).reshape(choice.box, choice.box)
+        return _Cut(len(stack_t), total.double(), stack_t[:take].numpy().copy())  # copies: the buffer is reused
+
+    # micrographs cut in parallel, one per thread (each thread's torch work on one core), results in order
+    workers = max(1, min(torch.get_num_threads(), MAX_WORKERS, len(work))) if device.type == "cpu" else 1
+    threads = torch.get_num_threads()
+    with atomic_dir(out) as tmp, ThreadPoolExecutor(workers, thread_name_prefix="extract") as pool:
+        try:
+            if workers > 1:
+                torch.set_num_threads(1)
+            for job, done in zip(
+                work,
+                progress(_in_order(pool, cut, work, 2 * workers), desc="extract", unit="mic", total=len(work)),
+                strict=True,
+            ):
+                i, name = job.index, job.name
+                group = int(optics_rows["rlnOpticsGroup"].iloc[i])
+                used_groups[group] = job.apix
+                average += done.total
+                n_done += done.n
+                job.record["extracted"] = done.n
+                if len(gallery) < GALLERY:
+                    first = done.first[: GALLERY - len(gallery)]
+                    gallery.extend(first)
+                    captions.extend(f"{Path(name).stem} #{j + 1}" for j in range(len(first)))
+                rel = stack_name(name)
+                kept = job.picks
+                frame = pd.DataFrame(
+                    {
+                        "rlnImageName": [f"{j + 1:06d}@{rel}" for j in range(done.n)],
+                        "rlnMicrographName": name,
+                        "rlnCoordinateX": kept["rlnCoordinateX"].to_numpy(float),
+                        "rlnCoordinateY": kept["rlnCoordinateY"].to_numpy(float),
+                    }
+                )
+                for c in CTF_COLUMNS + OPTIONAL_CTF:
+                    if c in table:
+                        frame[c] = table[c].iloc[i]
+                    elif c == "rlnPhaseShift":
+                        frame[c] = 0.0
+                frame["rlnOpticsGroup"] = group
+                for c in kept.columns:
+                    if is_carried(c):
+                        frame[c] = kept[c].to_numpy()
+                particle_frames.append(frame)
+        finally:
+            torch.set_num_threads(threads)
         seconds = time.perf_counter() - t0
         if not particle_frames and allow_empty:  # the optics of the micrographs' groups, no particle
             for g, apix in zip(optics_rows["rlnOpticsGroup"], apix_rows, strict=True):

@@ -178,9 +178,10 @@ def bin_micrograph(image: torch.Tensor, box: int, window: int, workspace: Worksp
     scaled by ``(p / q)²`` so the mean is kept.
 
     Separable, in blocks of ``ROW_BLOCK`` rows or columns (each block's transform is small and
-    stays in cache): a real FFT along x keeps only the columns below the binned Nyquist; the FFT
-    along y, the crop of rows and the inverse FFT along y, a block of columns at a time; the
-    inverse real FFT along x. Padding with the mean is done without a padded copy: the mean is
+    stays in cache): a real FFT along x keeps only the columns below the binned Nyquist (stored
+    transposed, so that the transforms along y run over contiguous memory); the FFT along y, the
+    crop of rows and the inverse FFT along y, a block of columns at a time; the inverse real FFT
+    along x. Padding with the mean is done without a padded copy: the mean is
     subtracted, the transform zero-pads, and the mean is added back to the zero frequency.
     ``workspace`` keeps the large spectra between calls (no fresh memory to fault in for every
     micrograph); the result is a buffer of ``workspace`` when one is given.
@@ -193,26 +194,27 @@ def bin_micrograph(image: torch.Tensor, box: int, window: int, workspace: Worksp
     keep = mw // 2 + 1
     workspace = workspace or Workspace()
     mean = float(image.mean(dtype=torch.float32))  # a cascade sum: float32 is accurate here
-    columns = workspace.get("bin_columns", (hp, keep), torch.complex64, image.device)
+    # the x transforms stored transposed (frequency x, then y), so the y transforms run along rows
+    columns = workspace.get("bin_columns", (keep, hp), torch.complex64, image.device)
     for r in range(0, h, ROW_BLOCK):
         rows = image[r : r + ROW_BLOCK].float() - mean
-        columns[r : r + len(rows)] = torch.fft.rfft(rows, n=wp, dim=1)[:, :keep]
-    columns[h:] = 0
-    binned = workspace.get("bin_binned", (mh, keep), torch.complex64, image.device)
+        columns[:, r : r + len(rows)] = torch.fft.rfft(rows, n=wp, dim=1)[:, :keep].T
+    columns[:, h:] = 0
+    binned = workspace.get("bin_binned", (keep, mh), torch.complex64, image.device)
     half, scale = mh // 2, (mh * mw) / (hp * wp)
-    for c in range(0, keep, ROW_BLOCK):  # along y, a block of columns at a time: transform, crop, back
-        spectrum = torch.fft.fft(columns[:, c : c + ROW_BLOCK], dim=0)
+    for c in range(0, keep, ROW_BLOCK):  # along y, a block of x frequencies at a time: transform, crop, back
+        spectrum = torch.fft.fft(columns[c : c + ROW_BLOCK], dim=1)
         if c == 0:
             spectrum[0, 0] += mean * hp * wp  # the mean back, over the padded micrograph too
-        block = binned[:, c : c + ROW_BLOCK]
+        block = binned[c : c + ROW_BLOCK]
         if mh < hp:
-            block[:half], block[half:] = spectrum[:half], spectrum[hp - half :]
+            block[:, :half], block[:, half:] = spectrum[:, :half], spectrum[:, hp - half :]
         else:
             block.copy_(spectrum)
-        block.copy_(torch.fft.ifft(block.mul_(scale), dim=0))
+        block.copy_(torch.fft.ifft(block.mul_(scale), dim=1))
     out = workspace.get("bin_image", (mh, mw), torch.float32, image.device)
     for r in range(0, mh, ROW_BLOCK):
-        out[r : r + ROW_BLOCK] = torch.fft.irfft(binned[r : r + ROW_BLOCK], n=mw, dim=1)
+        out[r : r + ROW_BLOCK] = torch.fft.irfft(binned[:, r : r + ROW_BLOCK].T, n=mw, dim=1)
     return out
 
 
