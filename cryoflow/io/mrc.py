@@ -129,7 +129,7 @@ def _check_finite(path: Path, data: np.ndarray, what: str = "data") -> None:
 
 
 def read_micrograph(
-    path: str | os.PathLike, pixel_size: float | None = None, mmap: bool = False
+    path: str | os.PathLike, pixel_size: float | None = None, mmap: bool = False, check_finite: bool = True
 ) -> tuple[np.ndarray, float]:
     """Read a single 2D micrograph.
 
@@ -141,6 +141,9 @@ def read_micrograph(
     converted to a new array) instead of reading it into memory: no copy of the data, pages read
     as they are touched (the NaN/Inf check touches them all once). The map stays valid after
     the call; the file must not be changed while it is used.
+
+    ``check_finite``: raise on NaN or Inf values (one pass over the data); a caller that checks
+    what it uses itself (extraction checks each particle box) may skip it.
     """
     path = Path(path)
     with _open(path, mmap=mmap) as mrc:
@@ -157,7 +160,8 @@ def read_micrograph(
         image = np.asarray(data, dtype=np.float32)
         if mmap and not image.dtype.isnative:  # a file of the other byte order: convert once
             image = image.astype(np.float32)
-    _check_finite(path, image)
+    if check_finite:
+        _check_finite(path, image)
     return image, apix
 
 

@@ -36,11 +36,13 @@ Choices (written to ``summary.json`` and explained in the report)
 Speed
 -----
 Every micrograph is checked first (headers, CTF, box inside), so a bad one fails the step
-before any work. Then one I/O thread reads the next micrograph (memory-mapped, checked for
-NaN/Inf) and writes the last stack while the current micrograph is cut; the boxes are cut,
-flipped and normalized a few MiB at a time (in cache), and the large temporaries (the binned
-micrograph's spectra, two stack buffers in turn) are kept from micrograph to micrograph
-(:class:`particle_images.Workspace`). ``cryoflow bench extract`` measures particles/s.
+before any work. Then micrographs are cut in parallel, one per CPU thread (torch's thread
+count, at most :data:`MAX_WORKERS`; one on a GPU), each thread reading its micrograph
+(memory-mapped), cutting, flipping and normalizing the boxes a few MiB at a time (in cache;
+a box holding NaN or Inf fails the step naming the micrograph) and writing the stack, with
+its large temporaries (the binned micrograph's spectra, the stack) kept from micrograph to
+micrograph (:class:`particle_images.Workspace`); the tables are built in order in the main
+thread. ``cryoflow bench extract`` measures particles/s.
 
 Outputs in ``out`` (built in a temporary folder and renamed when complete)
 ---------------------------------------------------------------------------
@@ -456,7 +458,7 @@ def run_extract(
         if workspace is None:  # large temporaries reused from micrograph to micrograph, one set per thread
             workspace = local.workspace = pim.Workspace()
         i, apix = job.index, job.apix
-        image, _ = read_micrograph(job.path, apix, mmap=True)
+        image, _ = read_micrograph(job.path, apix, mmap=True, check_finite=False)  # the boxes are checked
         with warnings.catch_warnings():  # a read-only memory map (never written to here)
             warnings.simplefilter("ignore", UserWarning)
             image_t = torch.from_numpy(image).to(device)
@@ -475,7 +477,17 @@ def run_extract(
             )[0]
         buffer = workspace.get("stack", (len(job.x), choice.box, choice.box), torch.float32, device)
         stack_t = pim.cut_particles(
-            image_t, job.x, job.y, choice.box, choice.window, bg_radius, flip, ramp, out=buffer, workspace=workspace
+            image_t,
+            job.x,
+            job.y,
+            choice.box,
+            choice.window,
+            bg_radius,
+            flip,
+            ramp,
+            out=buffer,
+            workspace=workspace,
+            source=job.path,
         ).cpu()
         del image, image_t
         write_mrc(tmp / stack_name(job.name), stack_t.numpy(), apix * choice.window / choice.box, stack=True)

@@ -26,6 +26,7 @@ import math
 
 import torch
 
+from cryoflow.errors import CryoflowError
 from cryoflow.numerics import fft_friendly
 from cryoflow.optics import ctf_values
 
@@ -329,6 +330,7 @@ def cut_particles(
     max_pixels: int = 1 << 20,
     out: torch.Tensor | None = None,
     workspace: Workspace | None = None,
+    source=None,
 ) -> torch.Tensor:
     """Particle images ``(N, box, box)`` float32 (particles white, normalized) from one micrograph.
 
@@ -343,7 +345,9 @@ def cut_particles(
     binned Nyquist) multiplied into each box's spectrum (phase flipping, per box as before).
     Boxes are cut, flipped and normalized ``max_pixels`` output pixels (4 MiB) at a time, so each
     pass runs in cache; ``out`` ``(N, box, box)`` float32 receives them (a new tensor if
-    ``None``); ``workspace`` keeps the large temporaries between micrographs.
+    ``None``); ``workspace`` keeps the large temporaries between micrographs. A box holding NaN
+    or Inf (with binning: any such value in the micrograph, which the transforms spread) raises a
+    :class:`CryoflowError` naming ``source`` (the micrograph's path).
     """
     workspace = workspace or Workspace()
     if box != window:
@@ -360,6 +364,9 @@ def cut_particles(
     chunk = max(1, max_pixels // box**2)
     for s in range(0, n, chunk):
         boxes = copy_boxes(image, y0[s : s + chunk], x0[s : s + chunk], out[s : s + chunk])
+        if not torch.isfinite(boxes.sum()):  # a float sum is finite exactly when every value is (in cache here)
+            if not torch.isfinite(boxes).all():
+                raise CryoflowError(source, "data contain NaN or Inf values (in the particles' boxes)")
         if flip_sign is not None:
             boxes.copy_(torch.fft.irfft2(torch.fft.rfft2(boxes) * flip_sign, s=(box, box)))
         normalize_background(boxes, bg_radius, ramp=ramp, scale=-1.0, out=boxes, workspace=workspace)
