@@ -633,7 +633,7 @@ def _merge_extract(folders: list[Path], out: Path, seed: int) -> dict:
     from cryoflow.picking.extract import GALLERY, STACK_DIR
 
     summaries = [_read_json(f / "summary.json") for f in folders]
-    for key in ("box", "window", "bin", "phase_flipped", "ramp_removed"):
+    for key in ("box", "window", "bin", "phase_flipped", "ramp_removed", "dtype"):
         values = {repr(s.get(key)) for s in summaries}
         if len(values) > 1:
             raise CryoflowError(

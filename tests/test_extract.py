@@ -359,3 +359,41 @@ def test_nan_in_a_micrograph_is_an_error_naming_it(tmp_path, binning, where):
         with mrcfile.open(path, mode="r+") as mrc:
             mrc.set_data(data)
         assert run_extract(tmp_path / "mics.star", tmp_path, out, box=32, report=False)["n_particles"] == 25
+
+
+def test_float16_stacks_match_float32(tmp_path):
+    """--float16 writes MRC mode 12 stacks holding the float32 particles to half precision, the same
+    particles.star, and the summary and merged folders say so."""
+    from cryoflow.cli import main as cli_main
+
+    _synthetic(tmp_path)
+    s32 = run_extract(tmp_path / "mics.star", tmp_path, tmp_path / "f32", box=48, binning=2.0, report=False)
+    assert (
+        cli_main(
+            [
+                "extract",
+                "--micrographs",
+                str(tmp_path / "mics.star"),
+                "--coordinates",
+                str(tmp_path),
+                "--out",
+                str(tmp_path / "f16"),
+                "--box",
+                "48",
+                "--bin",
+                "2",
+                "--float16",
+            ]
+        )
+        == 0
+    )
+    s16 = json.loads((tmp_path / "f16" / "summary.json").read_text())
+    assert (s32["dtype"], s16["dtype"]) == ("float32", "float16") and s16["n_particles"] == s32["n_particles"] == 9
+    a = read_table(tmp_path / "f32" / "particles.star", "particles").table
+    b = read_table(tmp_path / "f16" / "particles.star", "particles").table
+    pd.testing.assert_frame_equal(a, b)
+    rel = a["rlnImageName"].iloc[0].split("@", 1)[1]
+    with mrcfile.open(tmp_path / "f32" / rel) as m32, mrcfile.open(tmp_path / "f16" / rel) as m16:
+        assert (m32.header.mode, m16.header.mode) == (2, 12)
+        assert m16.data.dtype == np.float16
+        np.testing.assert_allclose(m16.data.astype(np.float32), m32.data, rtol=1e-3, atol=2e-3)

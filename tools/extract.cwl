@@ -4,7 +4,7 @@ class: CommandLineTool
 id: cryoflow_extract
 label: "cryoflow extract: particle stacks, particles.star and a cryoSPARC .cs"
 doc: |
-  Cuts every picked particle out of its micrograph into normalized stacks (float32, particles
+  Cuts every picked particle out of its micrograph into normalized stacks (float32 or float16, particles
   white, background mean 0 / std 1 outside a circle of 0.75 x box, ramp removed), optionally
   Fourier-binned and phase-flipped. The box is 1.5 x the particle diameter (the pick step's,
   from its summary.json) rounded up to an FFT-friendly even size unless given. Writes
@@ -75,6 +75,12 @@ inputs:
     label: Allow no particle
     doc: With no particle to extract, write empty particles.star and particles.cs instead of failing (a batch of a scattered extraction; the merge fails only when every batch is empty).
     inputBinding: {prefix: --allow-empty}
+  float16:
+    type: boolean
+    default: false
+    label: 16-bit stacks
+    doc: Write the stacks in 16-bit floats (MRC mode 12, half the disk; RELION 4+ and cryoSPARC 4+ read them, RELION 3.1 does not).
+    inputBinding: {prefix: --float16}
   seed:
     type: int
     default: 0

@@ -3,7 +3,7 @@
 Reads a micrographs STAR (the CTF step's micrographs_ctf.star or micassess's
 micrographs_good.star) and picks (a pick folder with coordinates.star, that file, or a
 particle STAR with rlnMicrographName + rlnCoordinateX/Y). Writes into --out:
-Particles/<micrograph>.mrcs (float32, particles white, background mean 0 / std 1 outside a
+Particles/<micrograph>.mrcs (float32, or float16 with --float16; particles white, background mean 0 / std 1 outside a
 circle of 0.75 x box), particles.star (RELION 3.1 optics + CTF columns), particles.cs
 (cryoSPARC), summary.json and report.html. Without --box the box is 1.5 x the particle
 diameter (--diameter, or diameter_A of the pick folder's summary.json) rounded up to an
@@ -48,6 +48,11 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--images", metavar="DIR", help="folder to look for micrographs whose STAR names do not resolve"
     )
+    parser.add_argument(
+        "--float16",
+        action="store_true",
+        help="write the stacks in 16-bit floats (MRC mode 12: half the disk; RELION 4+ and cryoSPARC 4+ read them)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the cryoSPARC uids")
     parser.add_argument(
         "--allow-empty",
@@ -74,6 +79,7 @@ def main(args: argparse.Namespace) -> int:
         device=resolve_device(args.device),
         seed=args.seed,
         allow_empty=args.allow_empty,
+        float16=args.float16,
     )
     print(
         f"extract: {summary['n_particles']} particles from {summary['micrographs_with_particles']} micrographs "

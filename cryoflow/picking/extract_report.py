@@ -82,6 +82,13 @@ def write_report(out: Path, summary: dict, gallery: list, captions: list[str], a
         "Phase flipping multiplies each image's Fourier transform by the sign of its CTF, so that all "
         "frequencies have positive contrast (rlnCtfDataArePhaseFlipped).",
     )
+    box.metric(
+        "Stored as",
+        s.get("dtype", "float32"),
+        "",
+        "Number type of the stacks: float32 (MRC mode 2) for every program; float16 (mode 12) takes half the disk "
+        "and is read by RELION 4+ and cryoSPARC 4+, not RELION 3.1.",
+    )
 
     counts = report.section("Particles per micrograph", "Extracted and dropped particles of every micrograph.")
     per = s["per_micrograph"]

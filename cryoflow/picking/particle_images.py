@@ -344,8 +344,8 @@ def cut_particles(
     (:func:`ctf_sign` at the output pixel size; the frequencies of the window's grid below the
     binned Nyquist) multiplied into each box's spectrum (phase flipping, per box as before).
     Boxes are cut, flipped and normalized ``max_pixels`` output pixels (4 MiB) at a time, so each
-    pass runs in cache; ``out`` ``(N, box, box)`` float32 receives them (a new tensor if
-    ``None``); ``workspace`` keeps the large temporaries between micrographs. A box holding NaN
+    pass runs in cache; ``out`` ``(N, box, box)`` receives them (a new float32 tensor if ``None``;
+    another dtype, e.g. float16, is converted to chunk by chunk); ``workspace`` keeps the large temporaries between micrographs. A box holding NaN
     or Inf (with binning: any such value in the micrograph, which the transforms spread) raises a
     :class:`CryoflowError` naming ``source`` (the micrograph's path).
     """
@@ -362,12 +362,20 @@ def cut_particles(
     if out is None:
         out = torch.empty(n, box, box, dtype=torch.float32, device=image.device)
     chunk = max(1, max_pixels // box**2)
+    scratch = (
+        None if out.dtype == torch.float32 else workspace.get("chunk", (min(chunk, n), box, box), device=out.device)
+    )
     for s in range(0, n, chunk):
-        boxes = copy_boxes(image, y0[s : s + chunk], x0[s : s + chunk], out[s : s + chunk])
+        target = out[s : s + chunk]
+        boxes = copy_boxes(
+            image, y0[s : s + chunk], x0[s : s + chunk], target if scratch is None else scratch[: len(target)]
+        )
         if not torch.isfinite(boxes.sum()):  # a float sum is finite exactly when every value is (in cache here)
             if not torch.isfinite(boxes).all():
                 raise CryoflowError(source, "data contain NaN or Inf values (in the particles' boxes)")
         if flip_sign is not None:
             boxes.copy_(torch.fft.irfft2(torch.fft.rfft2(boxes) * flip_sign, s=(box, box)))
         normalize_background(boxes, bg_radius, ramp=ramp, scale=-1.0, out=boxes, workspace=workspace)
+        if scratch is not None:  # e.g. float16 output: converted in cache
+            target.copy_(boxes)
     return out
