@@ -5,7 +5,7 @@ with about 300 particles of a 150 Å procedural species each (``cryoflow.simulat
 ``--repeat`` times (default 4; hard links under other names, so the rate is the steady one of a
 long run rather than the first micrographs' one-time costs: buffers, caches), writes a
 micrographs STAR (true CTF) and the true coordinates, then runs :func:`run_extract` in a few
-configurations (automatic box; ``--bin 2``; ``--bin 4 --phase-flip``) and prints, for each:
+configurations (automatic box; the same in float16; ``--bin 2``; ``--bin 4 --phase-flip``) and prints, for each:
 particles/s (checking the micrographs, reading them, cutting, processing and writing the
 stacks; target >= 5,000 on 2 CPU cores; the micrographs are in the page cache, as they are
 when extraction follows picking), and the checks: particles dropped at the edges equal to what geometry says, the
@@ -26,6 +26,7 @@ import pandas as pd
 
 CONFIGS = [
     ("auto box", {}),
+    ("auto box, float16", {"float16": True}),
     ("bin 2", {"binning": 2.0}),
     ("bin 4 + phase flip", {"binning": 4.0, "phase_flip": True}),
 ]
