@@ -264,3 +264,58 @@ def test_every_class_rejected_gives_an_empty_clean_stack(classified, tmp_path, c
     assert yields["cfPicks"].sum() == 1500 and (yields["cfGoodParticles"] == 0).all()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["particles_kept"] == 0 and summary["passed_through"]
+
+
+def test_particle_statistics_of_classes(classified):
+    """The per-class statistics of the particles (fit, shift, unsure assignments) are there
+    for every class with particles, say "junk" where the truth does, and read the same from
+    RELION 3.0 offsets in pixels."""
+    from cryoflow.classassess.examples import class_truth
+    from cryoflow.classassess.features import FEATURES, class_features
+    from cryoflow.classassess.inputs import _class_table, read_classes
+
+    _, _, c2d = classified
+    cs = read_classes(c2d)
+    truth = class_truth(cs)
+    used = truth["particles"].to_numpy() > 0
+    t = cs.table
+    for col in ("log_likelihood", "shift", "low_probability"):
+        assert np.isfinite(t[col].to_numpy()[used]).all(), col
+    assert ((t["low_probability"] >= 0) & (t["low_probability"] <= 1)).to_numpy()[used].all()
+    good = truth["good"].to_numpy() & used
+    junk = ~truth["good"].to_numpy() & used
+    w = truth["particles"].to_numpy(float)
+    wmean = lambda col, m: np.average(t[col].to_numpy()[m], weights=w[m])  # noqa: E731
+    assert wmean("shift", junk) > wmean("shift", good)
+    assert wmean("low_probability", junk) > wmean("low_probability", good)
+    feats, _, _ = class_features(cs)
+    assert np.isfinite(feats[used][:, FEATURES.index("shift_rms")]).all()
+    # RELION 3.0 gives the offsets in pixels
+    p = cs.particles.table.copy()
+    p["rlnOriginX"] = p.pop("rlnOriginXAngst") / cs.pixel_size
+    p["rlnOriginY"] = p.pop("rlnOriginYAngst") / cs.pixel_size
+    t30 = _class_table(len(cs), None, p, c2d, cs.pixel_size)
+    np.testing.assert_allclose(t30["shift"], t["shift"], rtol=1e-6)
+
+
+def test_a_model_made_before_new_features_still_loads(tmp_path):
+    """A model file names its features per variant: one trained before features were added
+    loads and scores with the features it knows; one naming an unknown feature is refused."""
+    from cryoflow.classassess.features import FEATURES
+    from cryoflow.classassess.model import ClassCNN, ClassScorer, Linear, Variant
+
+    old = FEATURES[:10]
+    n = len(old)
+    lin = Linear(np.zeros(n), np.ones(n), np.full(n, 0.1), 0.0)
+    scorer = ClassScorer({"full": Variant(tuple(old), lin), "image": Variant(tuple(old), lin)}, ClassCNN())
+    scorer.save(tmp_path / "old.pt")
+    back = ClassScorer.load(tmp_path / "old.pt")
+    assert back.variants["full"].features == tuple(old)
+    x = np.random.default_rng(0).normal(size=(3, len(FEATURES)))
+    np.testing.assert_allclose(back.variants["full"].linear.logit(x[:, back.variants["full"].columns()]),
+                               x[:, :10].sum(1) * 0.1, rtol=1e-5)  # fmt: skip
+    state = torch.load(tmp_path / "old.pt", weights_only=True)
+    state["variants"]["full"]["features"] = list(old[:-1]) + ["no_such_feature"]
+    torch.save(state, tmp_path / "bad.pt")
+    with pytest.raises(CryoflowError, match="no_such_feature"):
+        ClassScorer.load(tmp_path / "bad.pt")

@@ -16,7 +16,12 @@ the class's estimated resolution), ``accuracy_rotation`` (degrees),
 ``accuracy_translation`` (Å), ``max_probability`` (mean rlnMaxValueProbDistribution of its
 particles), ``micrograph_spread`` (fraction of the dataset's micrographs that hold at
 least one of its particles, over the fraction expected from its size: low for a class
-fed by a few bad micrographs). ``available`` lists the metadata that was found, so the
+fed by a few bad micrographs), ``log_likelihood`` (median over its particles of
+rlnLogLikeliContribution, each standardized over the whole dataset: minus the dataset's
+median, over its median absolute deviation; junk fits every class worse), ``shift`` (Å,
+root-mean-square of its particles' rlnOriginX/YAngst: particles that had to be moved far
+to match the average), ``low_probability`` (share of its particles whose best assignment
+had rlnMaxValueProbDistribution < :data:`LOW_PROBABILITY`). ``available`` lists the metadata that was found, so the
 report can say what the scores rest on.
 """
 
@@ -40,7 +45,12 @@ METADATA = (
     "accuracy_translation",
     "max_probability",
     "micrograph_spread",
+    "log_likelihood",
+    "shift",
+    "low_probability",
 )
+#: a particle whose best class assignment had less probability than this is "unsure"
+LOW_PROBABILITY = 0.2
 RELION_MODEL = re.compile(r"^(?P<prefix>.*_it(?P<it>\d+))_model\.star$")
 
 
@@ -81,8 +91,11 @@ def _read_stack(path: Path) -> tuple[np.ndarray, float]:
     return images.astype(np.float32), float(apix)
 
 
-def _class_table(k: int, model: pd.DataFrame | None, particles: pd.DataFrame | None, path: Path) -> pd.DataFrame:
-    """The per-class table (see the module doc) from a model_classes block and/or particles."""
+def _class_table(
+    k: int, model: pd.DataFrame | None, particles: pd.DataFrame | None, path: Path, apix: float | None = None
+) -> pd.DataFrame:
+    """The per-class table (see the module doc) from a model_classes block and/or particles
+    (``apix``: Å per pixel, for RELION 3.0 particle offsets given in pixels)."""
     t = pd.DataFrame({"class": np.arange(1, k + 1)})
     for name in METADATA:
         t[name] = np.nan
@@ -118,6 +131,19 @@ def _class_table(k: int, model: pd.DataFrame | None, particles: pd.DataFrame | N
             p = pd.to_numeric(particles["rlnMaxValueProbDistribution"], errors="coerce").to_numpy(float)
             sums = np.bincount(klass, weights=np.nan_to_num(p), minlength=k + 1)[1:]
             t["max_probability"] = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+            low = np.bincount(klass, weights=(p < LOW_PROBABILITY).astype(float), minlength=k + 1)[1:]
+            t["low_probability"] = np.where(counts > 0, low / np.maximum(counts, 1), np.nan)
+        if "rlnLogLikeliContribution" in particles:
+            ll = pd.to_numeric(particles["rlnLogLikeliContribution"], errors="coerce").to_numpy(float)
+            if np.isfinite(ll).sum() > 1:
+                centre = np.nanmedian(ll)
+                spread = np.nanmedian(np.abs(ll - centre))
+                z = (ll - centre) / (spread if spread > 0 else 1.0)
+                t["log_likelihood"] = _class_medians(klass, z, k)
+        shift = _particle_shifts(particles, apix)
+        if shift is not None:
+            sq = np.bincount(klass, weights=np.nan_to_num(shift**2), minlength=k + 1)[1:]
+            t["shift"] = np.where(counts > 0, np.sqrt(sq / np.maximum(counts, 1)), np.nan)
         if "rlnMicrographName" in particles:
             mics = particles["rlnMicrographName"].astype(str).to_numpy()
             n_mic = len(np.unique(mics))
@@ -127,6 +153,33 @@ def _class_table(k: int, model: pd.DataFrame | None, particles: pd.DataFrame | N
             expected = n_mic * (1 - (1 - 1 / max(n_mic, 1)) ** counts) if n_mic > 1 else np.ones(k)
             t["micrograph_spread"] = np.where(counts > 0, seen / np.maximum(expected, 1e-9), np.nan)
     return t
+
+
+def _class_medians(klass: np.ndarray, values: np.ndarray, k: int) -> np.ndarray:
+    """Median of ``values`` per class 1..k (NaN for a class with no finite value)."""
+    out = np.full(k, np.nan)
+    ok = np.isfinite(values)
+    order = np.lexsort((values[ok], klass[ok]))
+    ks, vs = klass[ok][order], values[ok][order]
+    starts = np.searchsorted(ks, np.arange(1, k + 1), "left")
+    ends = np.searchsorted(ks, np.arange(1, k + 1), "right")
+    for i, (a, b) in enumerate(zip(starts, ends, strict=True)):
+        if b > a:
+            out[i] = np.median(vs[a:b])
+    return out
+
+
+def _particle_shifts(particles: pd.DataFrame, apix: float | None) -> np.ndarray | None:
+    """Each particle's in-plane offset (Å) from RELION 3.1 (Å) or 3.0 (pixel) origins, or ``None``."""
+    if "rlnOriginXAngst" in particles and "rlnOriginYAngst" in particles:
+        x, y, scale = particles["rlnOriginXAngst"], particles["rlnOriginYAngst"], 1.0
+    elif "rlnOriginX" in particles and "rlnOriginY" in particles and apix:
+        x, y, scale = particles["rlnOriginX"], particles["rlnOriginY"], float(apix)
+    else:
+        return None
+    x = pd.to_numeric(x, errors="coerce").to_numpy(float)
+    y = pd.to_numeric(y, errors="coerce").to_numpy(float)
+    return np.hypot(x, y) * scale
 
 
 def _available(t: pd.DataFrame) -> list[str]:
@@ -141,7 +194,7 @@ def _read_cryoflow(folder: Path) -> ClassSet:
     model = blocks.get("model_classes")
     general = blocks.get("model_general")
     particles = read_table(folder / "particles.star", "particles") if (folder / "particles.star").is_file() else None
-    t = _class_table(len(images), model, particles.table if particles is not None else None, folder)
+    t = _class_table(len(images), model, particles.table if particles is not None else None, folder, apix)
     diameter = None
     if general is not None and "rlnParticleDiameter" in general:
         diameter = float(general["rlnParticleDiameter"].iloc[0])
@@ -174,7 +227,7 @@ def _read_relion(model_path: Path) -> ClassSet:
         model["rlnAccuracyTranslationsAngst"] = pd.to_numeric(model["rlnAccuracyTranslations"], errors="coerce") * apix
     data = Path(f"{prefix}_data.star")
     particles = read_table(data, "particles") if data.is_file() else None
-    t = _class_table(len(images), model, particles.table if particles is not None else None, model_path)
+    t = _class_table(len(images), model, particles.table if particles is not None else None, model_path, apix)
     diameter = None
     if general is not None and "rlnParticleDiameter" in general:
         diameter = float(general["rlnParticleDiameter"].iloc[0])

@@ -191,8 +191,13 @@ class ClassScorer:
         from cryoflow.models import load_state
 
         s = load_state(path, FORMAT, "classassess model")
-        if list(s["features"]) != list(FEATURES):
-            raise CryoflowError(path, "model was trained on another feature set; retrain it with this cryoflow version")
+        # a variant names its features, so a model made before features were added still
+        # loads (it uses the ones it knows); a feature this version lacks needs retraining
+        unknown = sorted({f for v in s["variants"].values() for f in v["features"]} - set(FEATURES))
+        if unknown:
+            raise CryoflowError(
+                path, f"model uses features this cryoflow lacks ({', '.join(unknown)}); retrain it with this version"
+            )
         variants = {}
         for name, v in s["variants"].items():
             a = lambda k, v=v: v[k].double().numpy()  # noqa: E731

@@ -8,7 +8,8 @@ classifications labelled by hand (``--labels``: a STAR or CSV file with columns
 not classes, are split into folds (cross-fitting, see :func:`train_scorer`), so the
 validation figures are for datasets the model never saw.
 
-Fitting: both linear parts (scikit-learn logistic regression, L2, balanced classes), the
+Fitting: both linear parts (scikit-learn logistic regression, L2 with ``C`` =
+:data:`LINEAR_C`, balanced classes), the
 CNN (AdamW, one-cycle schedule, rotations/flips, contrast and noise augmentation), then
 the stacking on the validation datasets. ``finetune`` starts the CNN from a given model's
 weights and refits the linear parts on old + new examples.
@@ -106,7 +107,13 @@ def load_examples(folders: list[Path], min_particles: int = 1) -> Examples:
     return Examples(*cat, names=[str(f) for f in folders])
 
 
-def fit_linear(x: np.ndarray, y: np.ndarray, C: float = 1.0) -> Linear:
+#: inverse L2 strength of the linear parts: 0.3 beat 1.0 (and 0.1, 3, 10) on leave-datasets-out
+#: accuracy and log-loss of the training datasets; with ~30 correlated features and ~1000
+#: classes from ~50 datasets, stronger shrinkage generalizes better to unseen datasets
+LINEAR_C = 0.3
+
+
+def fit_linear(x: np.ndarray, y: np.ndarray, C: float = LINEAR_C) -> Linear:
     from sklearn.linear_model import LogisticRegression
 
     mean = np.nanmean(x, 0)
@@ -281,8 +288,9 @@ def save_with_card(scorer: ClassScorer, out: str | os.PathLike, card: str | os.P
         "",
         "## Model",
         "",
-        "- Logistic regression on the standardized features (`full`: image + metadata; `image`: image only, for "
-        "bare stacks), a CNN on the 64² average (4 strided convolutions, "
+        "- Logistic regression (L2, C = "
+        f"{LINEAR_C}) on the standardized features (`full`: image + metadata + the class's particle statistics; "
+        "`image`: image only, for bare stacks), a CNN on the 64² average (4 strided convolutions, "
         f"{sum(p.numel() for p in scorer.cnn.parameters())} parameters, {scorer.meta.get('epochs')} epochs), "
         "stacked and calibrated on held-out datasets.",
         "",
