@@ -230,3 +230,29 @@ def test_unmeasured_ice_ring_and_out_of_range_features_are_no_evidence():
     rows = np.arange(3)
     log_odds = np.log(p[rows, target] / p[:, 0]) - np.log(p0[rows, target] / p0[:, 0])
     assert np.allclose(contrib.sum(1), log_odds)
+
+
+def test_relative_thickness_per_acquisition_setting():
+    """A set mixing acquisition settings (pixel size, voltage) gets its relative ice thickness
+    per setting: another detector's intensities do not make a whole set thick; a setting
+    with one fitted micrograph gets 0, one with none NaN; a single setting keeps the CTF
+    step's values."""
+    from cryoflow.micassess.data import relative_thickness_per_setting
+
+    def row(apix, mean, fitted=True):
+        return {
+            "_apix": apix,
+            "_voltage": 300.0,
+            "_fitted": fitted,
+            "cryoflowMeanIntensity": mean,
+            "cryoflowRelativeIceThickness": 9.0,
+        }
+
+    rows = [row(1.0, 100.0), row(1.0, 90.0), row(1.0, 100.0), row(3.4, 60.0, False), row(2.7, 100.0)]
+    assert relative_thickness_per_setting(rows)
+    values = [r["cryoflowRelativeIceThickness"] for r in rows]
+    assert values[0] == pytest.approx(0.0) and values[1] == pytest.approx(np.log(100 / 90))
+    assert np.isnan(values[3]) and values[4] == pytest.approx(0.0)  # no fitted micrograph: no evidence
+    single = [row(1.0, 100.0), row(1.0, 50.0)]
+    assert not relative_thickness_per_setting(single)
+    assert [r["cryoflowRelativeIceThickness"] for r in single] == [9.0, 9.0]

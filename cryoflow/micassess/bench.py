@@ -67,7 +67,7 @@ def _speed(model: MicAssessModel, shape: tuple[int, int], pixel_size: float, n: 
         t0 = time.perf_counter()
         feats, tile_sets, spectra = [], [], []
         for p in paths:
-            image, apix = read_micrograph(p)
+            image, apix = read_micrograph(p, mmap=True)  # as run_micassess reads
             inp = inputs_from_image(image, apix, device)
             feats.append(feature_vector(tabular_ctf(row, apix, True), inp["stats"]))
             tile_sets.append(tiles(inp["cnn"].astype(np.float32)))

@@ -196,6 +196,37 @@ def add_relative_thickness(rows: list[dict]) -> None:
         r["cryoflowRelativeIceThickness"] = math.log(ref / i) if i and i > 0 else math.nan
 
 
+def acquisition_key(row: dict) -> tuple[float, float]:
+    """Which micrographs' mean intensities are comparable: those of one acquisition setting
+    (pixel size to 0.01 Å, voltage), i.e. one detector, binning and dose rate."""
+    apix = row.get("_apix", math.nan)
+    try:
+        volt = float(row.get("_voltage", math.nan))
+    except (TypeError, ValueError):
+        volt = math.nan
+    return (round(float(apix), 2) if math.isfinite(apix) else math.nan, volt)
+
+
+def relative_thickness_per_setting(rows: list[dict]) -> bool:
+    """Recompute cryoflowRelativeIceThickness per acquisition setting (:func:`acquisition_key`)
+    when ``rows`` hold more than one; returns whether it did.
+
+    The CTF step's value is ln(I95 / I) over its whole input; when that input mixes detectors
+    or binnings (e.g. a Falcon and a K3 set, or binned and unbinned images), the intensities
+    are in different units and a whole set reads as thick ice. Within one setting it is
+    :func:`add_relative_thickness` over that setting's micrographs: a setting with a single
+    fitted micrograph gets 0, one with none NaN (no evidence either way)."""
+    keys = [acquisition_key(r) for r in rows]
+    if len(set(keys)) <= 1:
+        return False
+    for key in set(keys):
+        members = [r for r, k in zip(rows, keys, strict=True) if k == key]
+        for r in members:  # the mixed set's value compares intensities in other units
+            r["cryoflowRelativeIceThickness"] = math.nan
+        add_relative_thickness(members)
+    return True
+
+
 def _one(job):
     session, seed, ranges = job
     torch.set_num_threads(1)

@@ -19,6 +19,7 @@ Outputs in ``out`` (built in a temporary folder beside it and renamed when compl
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -116,6 +117,14 @@ def knee_threshold(p_good: np.ndarray) -> float:
     return float(candidates[np.argmin(np.abs(candidates - 0.5))])
 
 
+def _voltages(star) -> pd.Series:
+    """Per row of a STAR table (same index): the voltage (kV) of its optics group (NaN when not given)."""
+    try:
+        return star.optics_for_rows()["rlnVoltage"].astype(float)
+    except Exception:  # no optics table or no voltage column: the pixel size alone keys the setting
+        return pd.Series(math.nan, index=star.table.index)
+
+
 def _read_inputs(star_path: Path):
     from cryoflow.io import read_table, require_columns
 
@@ -150,7 +159,7 @@ def run_micassess(
     it), used instead of reading those files again.
     """
     from cryoflow.io import StarTable, atomic_dir, find_image, read_micrograph, write_table
-    from cryoflow.micassess.data import add_relative_thickness
+    from cryoflow.micassess.data import add_relative_thickness, relative_thickness_per_setting
     from cryoflow.progress import progress
 
     star_path = Path(micrographs)
@@ -173,15 +182,21 @@ def run_micassess(
     rows, sources = [], []
     for table, ok, path in tables:
         sizes = table.pixel_size()
+        volts = _voltages(table)
         for i, row in table.table.iterrows():
             r = row.to_dict()
             r["_fitted"] = ok
             r["_apix"] = float(sizes[i])
+            r["_voltage"] = float(volts[i])
             rows.append(r)
             sources.append(path)
     if not rows:
         raise CryoflowError(star_path, "data_micrographs holds no micrographs")
-    if any(not np.isfinite(r.get("cryoflowRelativeIceThickness", np.nan)) for r in rows if r["_fitted"]):
+    # intensities compare only within one acquisition setting (detector, binning): a mixed set
+    # gets its relative ice thickness per setting, not over all (see relative_thickness_per_setting)
+    if not relative_thickness_per_setting(rows) and any(
+        not np.isfinite(r.get("cryoflowRelativeIceThickness", np.nan)) for r in rows if r["_fitted"]
+    ):
         add_relative_thickness(rows)
 
     t0 = time.perf_counter()
@@ -190,7 +205,7 @@ def run_micassess(
         path = find_image(str(r["rlnMicrographName"]), src, images, bases)
         image = loaded.get(os.path.realpath(path)) if loaded else None
         if image is None:
-            image, _ = read_micrograph(path, pixel_size=r["_apix"])
+            image, _ = read_micrograph(path, pixel_size=r["_apix"], mmap=True)  # features read, never write
         inp = inputs_from_image(image, r["_apix"], device)
         feats.append(feature_vector(tabular_ctf(r, r["_apix"], r["_fitted"]), inp["stats"]))
         tile_sets.append(tiles(inp["cnn"].astype(np.float32)))
