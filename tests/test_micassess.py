@@ -256,3 +256,66 @@ def test_relative_thickness_per_acquisition_setting():
     single = [row(1.0, 100.0), row(1.0, 50.0)]
     assert not relative_thickness_per_setting(single)
     assert [r["cryoflowRelativeIceThickness"] for r in single] == [9.0, 9.0]
+
+
+def test_tile_augmentations_keep_the_mask_and_scale():
+    """Mottling adds smooth large-scale contrast only inside the mask; the spectral filter
+    (blur or sharpening) leaves channel 1 standardized by its robust spread; tiles are
+    centred; degraded copies (for the stacking) are noisier and keep the mask."""
+    from cryoflow.micassess.features import TILE, pad_tile
+    from cryoflow.micassess.train import add_mottling, filter_tile
+
+    rng = np.random.default_rng(0)
+    part = rng.normal(0, 1, (2, 150, 170)).astype(np.float32)
+    part[0] *= 0.25
+    tile = pad_tile(part)
+    mottled = tile.copy()
+    add_mottling(mottled, rng, max_contrast=0.02)
+    outside = tile[2] == 0
+    assert np.all(mottled[:2][:, outside] == 0)
+    diff = (mottled[0] - tile[0])[~outside] / 5.0
+    assert 0 < diff.std() <= 0.03
+    for _ in range(5):
+        filtered = tile.copy()
+        filter_tile(filtered, rng)
+        vals = filtered[1][tile[2] > 0]
+        mad = np.median(np.abs(vals - np.median(vals))) * 1.4826
+        assert abs(mad - 1) < 0.05 and np.all(filtered[:2][:, outside] == 0)
+    assert tile.shape == (3, TILE, TILE)
+    # tiles are centred on their own median (an illumination gradient over a large frame
+    # does not offset one tile against another)
+    assert abs(np.median(tile[0][~outside])) < 1e-6 and abs(np.median(tile[1][~outside])) < 1e-6
+    shifted = pad_tile(part + np.float32(0.3))
+    assert np.allclose(shifted, tile, atol=1e-5)
+    from cryoflow.micassess.train import degrade_tile
+
+    worse = degrade_tile(tile, rng)
+    assert np.all(worse[:2][:, outside] == 0) and np.isfinite(worse).all()
+    vals = worse[1][~outside]
+    assert abs(np.median(np.abs(vals - np.median(vals))) * 1.4826 - 1) < 0.15
+    assert not np.allclose(worse, tile)
+
+
+def test_spectrum_anisotropy_sees_directional_blur_not_detector_lines():
+    """Residual drift (a line blur) raises ``spectrum_anisotropy``; an isotropic image and
+    detector row/column patterns (power on the axes, left out) do not."""
+    from scipy import ndimage
+
+    from cryoflow.micassess.features import spectrum_anisotropy
+
+    rng = np.random.default_rng(1)
+    h = w = 192
+    signal = ndimage.gaussian_filter(rng.normal(0, 1, (h, w)), 1.0)  # 4 Å/px: structure at 12-25 Å
+    signal *= 0.05 / signal.std()
+    kernel = np.zeros((9, 9))
+    kernel[4, :] = 1 / 9  # 9 px = 36 Å along x, rotated below so that no axis is special
+    drifted = ndimage.convolve(ndimage.rotate(signal, 30, reshape=False, mode="wrap"), kernel, mode="wrap")
+    noise = rng.normal(0, 0.01, (h, w))
+
+    def value(img):
+        return spectrum_anisotropy(np.stack([img * 5, img]).astype(np.float16))["spectrum_anisotropy"]
+
+    iso, blurred = value(signal + noise), value(drifted + noise)
+    rows = signal + noise + 0.05 * rng.normal(0, 1, (h, 1))  # a gain pattern constant along rows
+    assert blurred > iso + 1.0, (iso, blurred)
+    assert value(rows) < iso + 0.3, (iso, value(rows))

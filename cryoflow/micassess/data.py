@@ -27,9 +27,11 @@ from cryoflow.micassess.features import (
     FEATURES,
     FINE,
     GROUP,
+    IMAGE_FEATURES,
     density_statistics,
     feature_vector,
     inputs_from_image,
+    spectrum_anisotropy,
     tabular_ctf,
 )
 
@@ -315,7 +317,7 @@ FIRST_FEATURES = (
 def load_examples(path: str | os.PathLike) -> list[Example]:
     """Examples saved by :func:`save_examples`; features re-ordered to :data:`FEATURES` by name
     (files without names hold :data:`FIRST_FEATURES`); :data:`DENSITY_FEATURES` missing from
-    an older file are computed from its stored CNN image; an older file's ice-ring features
+    an older file are computed from its stored CNN image, and so are :data:`IMAGE_FEATURES`; an older file's ice-ring features
     imputed when unmeasurable (flag ``ice_ring_missing``) become NaN, as
     :func:`~cryoflow.micassess.features.tabular_ctf` now writes them."""
     data = torch.load(path, weights_only=True)
@@ -325,6 +327,8 @@ def load_examples(path: str | os.PathLike) -> list[Example]:
         values = dict(zip(names, d["features"].numpy().tolist(), strict=True))
         if any(n not in values for n in DENSITY_FEATURES):
             values.update(density_statistics(d["cnn"].numpy()))
+        if any(n not in values for n in IMAGE_FEATURES):
+            values.update(spectrum_anisotropy(d["cnn"].numpy()))
         if values.pop("ice_ring_missing", 0.0) > 0.5:  # older files: unmeasured ice ring imputed, with a flag
             values["ice_ring"] = values["ice_crystallinity"] = math.nan
         features = np.array([values[n] for n in FEATURES], dtype=np.float64)

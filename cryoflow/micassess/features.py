@@ -30,6 +30,7 @@ crowding; ``poor_ctf`` holds extreme astigmatism.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 
@@ -70,6 +71,8 @@ REASON_DOCS = {
 }
 
 CNN_PIXEL_SIZE = 4.0  # Å/px of the CNN's input
+#: tile side (pixels at CNN_PIXEL_SIZE, 384 Å) of :func:`spectrum_anisotropy`
+ANISOTROPY_TILE = 96
 TILE = 192  # px of one CNN tile at CNN_PIXEL_SIZE (768 Å)
 MAX_TILES = 3  # per axis, at prediction
 SPECTRUM_K = np.linspace(1 / 200, 1 / 3.5, 96)  # 1/Å, ring centres of the radial spectrum
@@ -83,6 +86,7 @@ FEATURES = (
     "ice_crystallinity",
     "log_envelope_b",
     "thon_anisotropy",
+    "spectrum_anisotropy",
     "astigmatism_kA",
     "astigmatism_relative",
     "defocus_um",
@@ -101,6 +105,8 @@ FEATURES = (
 # features computed from the CNN image alone (:func:`density_statistics`), so a cached
 # example set made before they existed gets them from its stored CNN image
 DENSITY_FEATURES = ("energy_spread", "energy_tail", "energy_cv", "occupied_fraction", "largest_blob_share")
+# more features computed from the CNN image alone (:func:`spectrum_anisotropy`), filled in the same way
+IMAGE_FEATURES = ("spectrum_anisotropy",)
 FEATURE_DOCS = {
     "ctf_fitted": "1 if the CTF step fitted Thon rings, 0 if it could not",
     "figure_of_merit": "rlnCtfFigureOfMerit",
@@ -111,6 +117,8 @@ FEATURE_DOCS = {
     "ice_crystallinity": "cryoflowIceCrystallinity: spots in the 3.7 Å band; unmeasured like ice_ring",
     "log_envelope_b": "ln of cryoflowEnvelopeB (Å²): Thon-ring fading (thick ice, drift)",
     "thon_anisotropy": "cryoflowThonAnisotropy: rings missing along one direction (drift)",
+    "spectrum_anisotropy": "median over 384 Å tiles of ln max/min over 6 directions of the power at 12-25 Å of the "
+    "4 Å/px image (axes left out): residual drift damps one direction; measured with or without a CTF fit",
     "astigmatism_kA": "|DefocusU - DefocusV| in 1000 Å",
     "astigmatism_relative": "astigmatism over the mean defocus",
     "defocus_um": "mean defocus (µm)",
@@ -369,11 +377,22 @@ def tiles(small: np.ndarray, max_tiles: int = MAX_TILES) -> np.ndarray:
 
 
 def pad_tile(part: np.ndarray) -> np.ndarray:
-    """A ``(2, h<=TILE, w<=TILE)`` crop as ``(3, TILE, TILE)`` float32 with its mask channel."""
+    """A ``(2, h<=TILE, w<=TILE)`` crop as ``(3, TILE, TILE)`` float32 with its mask channel;
+    both image channels relative to the tile's own median.
+
+    Centring per tile: a simulated micrograph is about one tile, so its tiles sit at the
+    image's median; a real 4096² frame with an illumination or ice gradient has tiles offset
+    by ±1-2% (channel 1: ±0.5 of its spread) from the frame's median, which the CNN read as
+    the grains of crystalline ice (the real Diamond micrograph of ../shared/data: its two
+    darkest tiles). The level of a tile against the frame stays with the linear part
+    (dark_fraction, contrast_tiles)."""
     _, h, w = part.shape
     out = np.zeros((3, TILE, TILE), dtype=np.float32)
     oy, ox = (TILE - h) // 2, (TILE - w) // 2
     out[:2, oy : oy + h, ox : ox + w] = part
+    out[:2, oy : oy + h, ox : ox + w] -= np.median(out[:2, oy : oy + h, ox : ox + w].reshape(2, -1), axis=1)[
+        :, None, None
+    ]
     out[2, oy : oy + h, ox : ox + w] = 1.0
     return out
 
@@ -387,7 +406,11 @@ def inputs_from_image(image, pixel_size: float, device: torch.device | str = "cp
     small = downsample(img, pixel_size)
     cnn = cnn_image(small, mean)
     return {
-        "stats": {**image_statistics(small, mean, welch, pixel_size), **density_statistics(cnn)},
+        "stats": {
+            **image_statistics(small, mean, welch, pixel_size),
+            **density_statistics(cnn),
+            **spectrum_anisotropy(cnn),
+        },
         "cnn": cnn,
         "spectrum": radial_spectrum(*welch, pixel_size),
     }
@@ -433,6 +456,56 @@ def density_statistics(cnn: np.ndarray) -> dict[str, float]:
         "occupied_fraction": float(mask.mean()),
         "largest_blob_share": share,
     }
+
+
+def spectrum_anisotropy(
+    cnn: np.ndarray, sectors: int = 6, band_A: tuple[float, float] = (25.0, 12.0), tile: int = ANISOTROPY_TILE
+) -> dict:
+    """Directional power of a CNN image ``(2, h, w)`` (channel 0: contrast x5 at
+    :data:`CNN_PIXEL_SIZE`): ``spectrum_anisotropy`` = the median over ``tile``² tiles of
+    ln(max / min) over ``sectors`` direction sectors (of 180°) of the tile's mean power at
+    ``band_A`` (Å), Hann-windowed.
+
+    Residual drift in a motion-corrected sum blurs the signal along one direction (a line
+    kernel of length L damps the power by sinc²(k L cos θ)), so one direction of the 12-25 Å
+    band loses its power while the perpendicular keeps it. Unlike the CTF step's
+    ``thon_anisotropy`` it needs no CTF fit: drift often makes the fit fail, and then was the
+    one defect seen only through ``ctf_fitted`` (a good micrograph may fail the fit too).
+    Frequencies within 1.5 pixels of the axes are left out (detector row/column patterns).
+    Tiles of a fixed size (384 Å) make the value independent of the micrograph's size: the
+    ratio of noisy sector means is biased up by noise, the less the more coefficients it
+    averages, so one transform of the whole image read low on large real frames and high on
+    the simulator's small ones; each tile has the same bias and the median of more tiles
+    only varies less.
+    """
+    rel = np.asarray(cnn[0], dtype=np.float32) / 5.0
+    h, w = rel.shape
+    th, tw = min(tile, h), min(tile, w)
+    win, flat, sector, counts = _sector_grid(th, tw, sectors, band_A)
+    if counts.min() < 4:
+        return {"spectrum_anisotropy": 0.0}
+    parts = rel[: h - h % th, : w - w % tw].reshape(h // th, th, w // tw, tw).transpose(0, 2, 1, 3).reshape(-1, th, tw)
+    parts = (parts - parts.mean((1, 2), keepdims=True)) * win
+    f = np.fft.rfft2(parts).reshape(len(parts), -1)[:, flat]
+    power = f.real**2 + f.imag**2
+    means = np.stack([np.bincount(sector, p, sectors) for p in power]) / counts
+    ratio = np.log(means.max(1) / np.maximum(means.min(1), 1e-20))
+    return {"spectrum_anisotropy": float(np.clip(np.median(ratio), 0, 5))}
+
+
+@functools.lru_cache(maxsize=16)
+def _sector_grid(h: int, w: int, sectors: int, band_A: tuple[float, float]):
+    """For :func:`spectrum_anisotropy`: the Hann window ``(h, w)``, the flat indices of the
+    rfft2 coefficients in the band (axes left out), their sector and the count per sector."""
+    win = np.outer(np.hanning(h), np.hanning(w)).astype(np.float32)
+    fy = np.fft.fftfreq(h)[:, None]
+    fx = np.fft.rfftfreq(w)[None, :]
+    k = np.hypot(fy, fx) / CNN_PIXEL_SIZE
+    theta = np.mod(np.arctan2(fy, fx), np.pi)
+    sector = np.minimum((theta / np.pi * sectors).astype(int), sectors - 1)
+    sel = (k >= 1 / band_A[0]) & (k <= 1 / band_A[1]) & (np.abs(fy * h) > 1.5) & (np.abs(fx * w) > 1.5)
+    flat = np.flatnonzero(sel)
+    return win, flat, sector.ravel()[flat], np.bincount(sector.ravel()[flat], minlength=sectors)
 
 
 def feature_vector(ctf: dict[str, float], stats: dict[str, float]) -> np.ndarray:

@@ -11,7 +11,9 @@ Steps (:func:`train`):
 2. Linear part: scikit-learn ``LogisticRegression`` (multinomial, L2, balanced class
    weights) on standardized features. When fine-tuning, its training set is the base
    model's stored features plus the user's (user examples weighted up).
-3. CNN: Adam, random tiles with flips/rotations, class-balanced cross-entropy. When
+3. CNN: AdamW, random tiles with flips/rotations, contrast, noise, illumination gradients,
+   mottling and detector colour (:func:`add_mottling`, :func:`filter_tile`: what real
+   micrographs have and the simulator's do not), class-balanced cross-entropy. When
    fine-tuning, starts from the base model's weights with a lower learning rate.
 4. Combination: a multinomial logistic regression (stacking) on the linear logits and the
    CNN log-probabilities, fitted on the validation split (log-loss: calibrated).
@@ -23,6 +25,7 @@ Steps (:func:`train`):
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import time
@@ -56,6 +59,7 @@ class TrainSettings:
     cnn_spectrum: bool = False  # the CNN also reads the radial spectrum (see MicCNN)
     weak_particles: float = 1.0  # good micrographs also seen with fainter particles (extra noise), linear part
     max_steps: int | None = None  # stop the CNN after this many steps (smoke runs)
+    stack_degraded: bool = True  # the stacking also sees the CNN on degraded copies of the validation tiles
 
 
 def _label_index(reason: str) -> int:
@@ -154,6 +158,60 @@ def add_gradient(tile: np.ndarray, rng: np.random.Generator, max_contrast: float
     tile[1] = np.where(mask, np.clip(tile[1] + scale * plane, -5, 5), 0)
 
 
+@functools.lru_cache(maxsize=4)
+def _radial_k2(n: int) -> np.ndarray:
+    """|k|² (cycles/px, squared) on the rfft2 grid of an ``n``² tile."""
+    ky = np.fft.fftfreq(n)[:, None]
+    kx = np.fft.rfftfreq(n)[None, :]
+    return ky**2 + kx**2
+
+
+def add_mottling(tile: np.ndarray, rng: np.random.Generator, max_contrast: float = 0.02) -> None:
+    """Add in place a smooth random field to a training tile ``(3, TILE, TILE)``: Gaussian
+    noise low-passed to a correlation length of 25-150 px (100-600 Å at 4 Å/px) with a
+    contrast ``I/mean - 1`` of std up to ``max_contrast``. Real micrographs have such
+    mottling (ice-thickness waves, uneven illumination, gain residue) without any crystal;
+    the simulator's ice is flat except for crystalline ice's grains, so without this the CNN
+    read any large-scale intensity change as grains (the real Diamond micrograph of
+    ../shared/data: crystalline ice at P 0.6-0.9 on tiles whose low-passed contrast is 0.5%).
+    Grains keep what tells them apart: sharp boundaries between flat areas, 5-15% steps."""
+    mask = tile[2] > 0
+    if mask.sum() < 16:
+        return
+    k2 = _radial_k2(TILE)
+    length = rng.uniform(25.0, 150.0)
+    white = np.fft.rfft2(rng.standard_normal((TILE, TILE)))
+    field = np.fft.irfft2(white * np.exp(-2 * (np.pi * length / 4) ** 2 * k2), s=(TILE, TILE))
+    field *= rng.uniform(0.002, max_contrast) / max(float(field.std()), 1e-9)
+    scale = float(tile[1][mask].std() / max(tile[0][mask].std() / 5.0, 1e-6))
+    tile[0] = np.where(mask, np.clip(tile[0] + 5.0 * field, -5, 5), 0)
+    tile[1] = np.where(mask, np.clip(tile[1] + scale * field, -5, 5), 0)
+
+
+def filter_tile(tile: np.ndarray, rng: np.random.Generator) -> None:
+    """Change in place the tile's spectral colour as detectors and binning do: a Gaussian
+    blur of σ 0-0.7 px (a detector MTF, binned data) or a mild sharpening (the inverse,
+    up to +50% at Nyquist) of both image channels; channel 1 is then standardized again by
+    its robust spread, as :func:`~cryoflow.micassess.features.cnn_image` does for a real
+    image. Without it the CNN read a slightly blurred image of any kind as crystalline ice."""
+    mask = tile[2] > 0
+    if mask.sum() < 16:
+        return
+    k2 = _radial_k2(TILE)
+    if rng.random() < 0.7:
+        sigma = rng.uniform(0.2, 0.7)
+        gain = np.exp(-2 * (np.pi * sigma) ** 2 * k2)
+    else:
+        gain = 1 + rng.uniform(0.0, 0.5) * k2 / 0.5
+    for ch in (0, 1):
+        x = np.fft.irfft2(np.fft.rfft2(np.where(mask, tile[ch], 0)) * gain, s=(TILE, TILE))
+        if ch == 1:
+            vals = x[mask]
+            med = np.median(vals)
+            x = (x - med) / (np.median(np.abs(vals - med)) * 1.4826 + 1e-6)
+        tile[ch] = np.where(mask, np.clip(x, -5, 5), 0)
+
+
 def _random_tile(cnn: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     _, h, w = cnn.shape
     y = int(rng.integers(0, h - TILE + 1)) if h > TILE else 0
@@ -166,8 +224,14 @@ def _random_tile(cnn: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     t = t.copy()
     t[0] = np.clip(t[0] * rng.uniform(0.7, 1.4) + rng.normal(0, rng.uniform(0, 0.4), t[0].shape) * mask[0], -5, 5)
     t[1] = np.clip(t[1] + rng.normal(0, rng.uniform(0, 0.4), t[1].shape) * mask[0], -5, 5)
+    if rng.random() < 0.3:
+        add_shot_noise(t, rng)
+    if rng.random() < 0.3:
+        filter_tile(t, rng)
     if rng.random() < 0.5:
         add_gradient(t, rng)
+    if rng.random() < 0.5:
+        add_mottling(t, rng)
     return np.ascontiguousarray(np.rot90(t, int(rng.integers(4)), axes=(1, 2)))
 
 
@@ -223,6 +287,50 @@ def train_cnn(
     return net.eval()
 
 
+def add_shot_noise(tile: np.ndarray, rng: np.random.Generator, factor: tuple[float, float] = (0.5, 2.0)) -> None:
+    """Add in place white noise of ``factor`` x the tile's robust spread to the contrast and
+    standardize both channels again (as :func:`~cryoflow.micassess.features.cnn_image` and
+    ``pad_tile`` do for a real image): fainter particles, lower dose or a poorer detector.
+    Real particles stand out less from the noise than the simulator's (see
+    :func:`as_weak_particles`); without it the CNN read the sparse, faint particles of the
+    real Diamond micrograph as an empty hole."""
+    mask = tile[2] > 0
+    if mask.sum() < 16:
+        return
+    rel = tile[0] / 5.0
+    v = rel[mask]
+    spread = float(np.median(np.abs(v - np.median(v)))) * 1.4826 + 1e-6
+    rel = rel + rng.normal(0.0, rng.uniform(*factor) * spread, rel.shape)
+    v = rel[mask]
+    med = float(np.median(v))
+    mad = float(np.median(np.abs(v - med))) * 1.4826 + 1e-6
+    tile[0] = np.where(mask, np.clip((rel - med) * 5.0, -5, 5), 0)
+    tile[1] = np.where(mask, np.clip((rel - med) / mad, -5, 5), 0)
+
+
+def degrade_tile(tile: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A copy of a CNN tile ``(3, TILE, TILE)`` made less like the simulator's: white noise of
+    0.5-2x its robust spread (fainter particles, as real ones are: see
+    :func:`as_weak_particles`), then :func:`filter_tile`, :func:`add_mottling` and
+    :func:`add_gradient`; both channels re-standardized as :func:`cnn_image` would."""
+    t = tile.copy()
+    if (t[2] > 0).sum() < 16:
+        return t
+    add_shot_noise(t, rng)
+    filter_tile(t, rng)
+    add_mottling(t, rng)
+    add_gradient(t, rng)
+    return t
+
+
+def degraded_cnn_log_proba(model: MicAssessModel, examples: list[Example], seed: int, device="cpu") -> np.ndarray:
+    """The CNN's per-micrograph log-probabilities ``(N, C)`` on degraded copies of the
+    examples' tiles (:func:`degrade_tile`)."""
+    rng = np.random.default_rng([seed, 11])
+    sets = [np.stack([degrade_tile(t, rng) for t in tiles(e.cnn.astype(np.float32))]) for e in examples]
+    return model.cnn_log_proba(sets, np.stack([e.spectrum for e in examples]), device)
+
+
 def fit_stack(
     lin: np.ndarray, cnn: np.ndarray, labels: np.ndarray, c: float = 1.0
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -253,31 +361,49 @@ def fit_combination(
     val: list[Example],
     c: float | None = None,
     log=print,
+    cnn_extra: np.ndarray | None = None,
 ) -> tuple[np.ndarray | None, float]:
     """Fit ``model``'s stacking on the validation examples (in place). ``c`` None: the
     candidate of :data:`STACK_C` with the lowest cross-fitted log-loss (5-fold by session).
+    ``cnn_extra``: the CNN's log-probabilities of the same examples from degraded tiles
+    (:func:`degraded_cnn_log_proba`), fitted on as more examples (same labels, same
+    sessions), so the combination learns how far to trust a CNN reading of an image less
+    like the simulator's; the figures and the log-loss are those of the examples as they are.
     Returns the cross-fitted probabilities of the validation examples (None when there are
     too few sessions to cross-fit) and the ``c`` used."""
     groups = [e.name.split("_")[0] if not e.name.startswith("user_") else e.name for e in val]
     candidates = STACK_C if c is None else (c,)
     best = None
     for cand in candidates:
-        p = cross_fitted(lin_v, cnn_v, y_val, groups, cand)
+        p = cross_fitted(lin_v, cnn_v, y_val, groups, cand, cnn_extra=cnn_extra)
         loss = float(-np.mean(np.log(np.clip(p[np.arange(len(y_val)), y_val], 1e-12, 1)))) if p is not None else 0.0
         if len(candidates) > 1:
             log(f"  stacking C={cand}: cross-fitted log-loss {loss:.4f}")
         if best is None or loss < best[0]:
             best = (loss, cand, p)
     _, c, p_val = best
-    model.stack_lin, model.stack_cnn, model.stack_bias = fit_stack(lin_v, cnn_v, y_val, c)
+    if cnn_extra is not None:
+        model.stack_lin, model.stack_cnn, model.stack_bias = fit_stack(
+            np.concatenate([lin_v, lin_v]), np.concatenate([cnn_v, cnn_extra]), np.concatenate([y_val, y_val]), c
+        )
+    else:
+        model.stack_lin, model.stack_cnn, model.stack_bias = fit_stack(lin_v, cnn_v, y_val, c)
     return p_val, c
 
 
 def cross_fitted(
-    lin: np.ndarray, cnn: np.ndarray, labels: np.ndarray, groups: list[str], c: float = 1.0, folds: int = 5
+    lin: np.ndarray,
+    cnn: np.ndarray,
+    labels: np.ndarray,
+    groups: list[str],
+    c: float = 1.0,
+    folds: int = 5,
+    cnn_extra: np.ndarray | None = None,
 ) -> np.ndarray | None:
     """Fine-class probabilities ``(N, C)`` of each example from a stacking fitted without
-    its group (session): ``folds``-fold by group. None with fewer than ``folds`` groups."""
+    its group (session): ``folds``-fold by group. None with fewer than ``folds`` groups.
+    ``cnn_extra``: more CNN readings of the same examples, fitted on too (see
+    :func:`fit_combination`)."""
     names = sorted(set(groups))
     if len(names) < folds:
         return None
@@ -287,7 +413,15 @@ def cross_fitted(
     out = np.zeros_like(lin)
     for k in range(folds):
         test = fold == k
-        wl, wc, b = fit_stack(lin[~test], cnn[~test], labels[~test], c)
+        if cnn_extra is not None:
+            wl, wc, b = fit_stack(
+                np.concatenate([lin[~test], lin[~test]]),
+                np.concatenate([cnn[~test], cnn_extra[~test]]),
+                np.concatenate([labels[~test], labels[~test]]),
+                c,
+            )
+        else:
+            wl, wc, b = fit_stack(lin[~test], cnn[~test], labels[~test], c)
         logits = lin[test] @ wl.T + cnn[test] @ wc.T + b
         logits -= logits.max(1, keepdims=True)
         p = np.exp(logits)
@@ -418,7 +552,8 @@ def train(
     _, lin_v, cnn_v = predict_examples(model, val)
     p_val = None
     if held_out:
-        p_val, stack_c = fit_combination(model, lin_v, cnn_v, y_val, val, settings.stack_c, log)
+        cnn_extra = degraded_cnn_log_proba(model, val, settings.seed, device) if settings.stack_degraded else None
+        p_val, stack_c = fit_combination(model, lin_v, cnn_v, y_val, val, settings.stack_c, log, cnn_extra)
     elif base is not None:
         model.stack_lin, model.stack_cnn = base.stack_lin.copy(), base.stack_cnn.copy()
         model.stack_bias = base.stack_bias.copy()
@@ -605,8 +740,9 @@ def model_card(model: MicAssessModel, command: str) -> str:
             else " (no spectrum branch: see `MicCNN`); "
         )
         + f"{st.get('epochs')} epochs, AdamW, one-cycle learning rate {st.get('lr')}; "
-        "random tiles, flips, rotations, contrast, noise and illumination-gradient augmentation; aggregation and "
-        "crowding weighted x2.",
+        "random tiles, flips, rotations, contrast, noise, illumination-gradient, mottling (smooth random fields of "
+        "100-600 Å, `add_mottling`) and detector-colour (blur or sharpening, `filter_tile`) augmentation; "
+        "aggregation and crowding weighted x2.",
         "- Combination (stacking): a multinomial LogisticRegression (L2 C="
         f"{v.get('stacking_c', st.get('stack_c'))}, chosen among {STACK_C} by cross-fitted log-loss; unweighted, "
         "so calibrated) on the linear part's class-centred logits and the CNN's "
