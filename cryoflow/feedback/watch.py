@@ -771,8 +771,8 @@ class Watcher:
         if self._child is None:
             return True
         pid, ev = self._child
-        done, status = os.waitpid(pid, 0 if wait else os.WNOHANG)
-        if done == 0:
+        status = _child_status(pid, wait)
+        if status is None:
             return False
         self._child = None
         status_file = self.out / REFRESH_STATUS
@@ -970,8 +970,7 @@ class Watcher:
         if self._round_child is None:
             return True
         pid, r = self._round_child
-        done, _ = os.waitpid(pid, 0 if wait else os.WNOHANG)
-        if done == 0:
+        if _child_status(pid, wait) is None:
             return False
         self._round_child = None
         self._round_ended(r)
@@ -1137,6 +1136,13 @@ class _Workers:
                 proc.join()
             conn.close()
         self.procs.clear()
+
+
+def _child_status(pid: int, wait: bool) -> int | None:
+    """The wait status of the forked child ``pid`` once it has ended (reaped), else ``None``;
+    ``wait``: block until it ends."""
+    done, status = os.waitpid(pid, 0 if wait else os.WNOHANG)
+    return status if done else None
 
 
 def _worker_main(watcher: Watcher, conn, parent: int) -> None:

@@ -345,9 +345,10 @@ def cut_particles(
     binned Nyquist) multiplied into each box's spectrum (phase flipping, per box as before).
     Boxes are cut, flipped and normalized ``max_pixels`` output pixels (4 MiB) at a time, so each
     pass runs in cache; ``out`` ``(N, box, box)`` receives them (a new float32 tensor if ``None``;
-    another dtype, e.g. float16, is converted to chunk by chunk); ``workspace`` keeps the large temporaries between micrographs. A box holding NaN
-    or Inf (with binning: any such value in the micrograph, which the transforms spread) raises a
-    :class:`CryoflowError` naming ``source`` (the micrograph's path).
+    another dtype, e.g. float16, is converted to chunk by chunk); ``workspace`` keeps the large
+    temporaries between micrographs. A box holding NaN or Inf (with binning: any such value in
+    the micrograph, which the transforms spread) raises a :class:`CryoflowError` naming
+    ``source`` (the micrograph's path).
     """
     workspace = workspace or Workspace()
     if box != window:
