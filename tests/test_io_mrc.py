@@ -91,10 +91,13 @@ def test_real_micrographs(shared_data):
     assert image.shape == (959, 927) and apix == pytest.approx(3.4152, abs=1e-3)
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.int16, np.float16])
-def test_header_stats_as_mrcfile(tmp_path, dtype):
+@pytest.mark.parametrize(
+    "dtype, mean", [(np.float32, 20), (np.int16, 20), (np.float16, 20), (np.float32, 0.1), (np.float16, -0.2)]
+)
+def test_header_stats_as_mrcfile(tmp_path, dtype, mean):
     rng = np.random.default_rng(1)
-    data = (rng.standard_normal((3, 300, 700)) * 7 + 20).astype(dtype)  # several stats chunks, mean >> 0
+    # several stats chunks; mean >> spread (deviations summed) and near 0 (sums of squares, as normalized stacks)
+    data = (rng.standard_normal((3, 300, 700)) * 7 + mean * 7).astype(dtype)
     ours = write_mrc(tmp_path / "ours.mrcs", data, pixel_size=1.0, dtype=dtype)
     theirs = tmp_path / "theirs.mrcs"
     with mrcfile.new(theirs) as mrc:

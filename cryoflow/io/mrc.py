@@ -290,8 +290,11 @@ def header_stats(array: np.ndarray, chunk: int = 1 << 18) -> tuple[float, float,
     """``(min, max, mean, rms)`` of ``array`` as MRC headers store them (rms: the standard deviation).
 
     One pass over memory: ``chunk`` values at a time (1 MiB of float32, in cache) give a min, a
-    max, a mean and the sum of squared deviations, merged in float64 (Chan et al.), so no
-    full-size temporary is made. Agrees with numpy's (mrcfile's) float32 figures to float rounding.
+    max, a sum and a sum of squares, merged in float64 (Chan et al.), so no full-size temporary
+    is made. Where a chunk's mean is large beside its spread (squares mostly the mean's), its
+    squared deviations are summed about its exact mean instead, so the variance loses no digits;
+    normalized data such as particle stacks take the four fast passes. Agrees with numpy's
+    (mrcfile's) float32 figures to float rounding.
     """
     flat = array.reshape(-1)
     n = flat.size
@@ -305,9 +308,14 @@ def header_stats(array: np.ndarray, chunk: int = 1 << 18) -> tuple[float, float,
         k = part.size
         lows.append(part.min())
         highs.append(part.max())
-        part_mean = float(part.mean())
-        dev = part - np.float32(part_mean)
-        part_m2 = float(np.dot(dev, dev)) - k * float(dev.mean()) ** 2  # about the exact chunk mean
+        part_sum = float(np.add.reduce(part))  # pairwise float32 summation
+        part_mean = part_sum / k
+        squares = float(np.dot(part, part))
+        if part_mean * part_sum < 0.5 * squares:  # mean² below the variance: no cancellation to fear
+            part_m2 = squares - part_mean * part_sum
+        else:
+            dev = part - np.float32(part_mean)
+            part_m2 = float(np.dot(dev, dev)) - k * float(dev.mean()) ** 2  # about the exact chunk mean
         delta = part_mean - mean
         total = count + k
         mean += delta * k / total
