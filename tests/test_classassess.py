@@ -319,3 +319,25 @@ def test_a_model_made_before_new_features_still_loads(tmp_path):
     torch.save(state, tmp_path / "bad.pt")
     with pytest.raises(CryoflowError, match="no_such_feature"):
         ClassScorer.load(tmp_path / "bad.pt")
+
+
+def test_twin_classes_counts_rotated_copies_not_other_projections():
+    """A class whose average is an in-plane rotation of another's (the same view split over two
+    classes) has a twin; a different projection, and an empty class, do not count."""
+    from scipy import ndimage
+
+    from cryoflow.classassess.features import SIZE, rotational_similarity, twin_classes
+
+    y, x = np.mgrid[:SIZE, :SIZE] - SIZE // 2
+
+    def blob(cy, cx, s):
+        return np.exp(-((y - cy) ** 2 + (x - cx) ** 2) / (2 * s * s))
+
+    view = blob(0, -8, 4) + 0.7 * blob(3, 7, 3)  # a two-lobed projection
+    other = blob(0, 0, 9) - 0.5 * blob(0, 0, 3)  # a ring-like one
+    images = np.stack([view, ndimage.rotate(view, 73, reshape=False, order=1), other, view]).astype(np.float32)
+    s = rotational_similarity(images, radius=24)
+    assert s[0, 1] > 0.95 and s[0, 2] < 0.9
+    tw = twin_classes(images, 24, np.array([100.0, 80, 90, 0]))  # class 4 is empty: no twin
+    assert tw[0] > 0.5 and tw[1] > 0.5 and tw[2] < 0.2
+    assert abs(tw[0] - np.log1p(np.exp(-(1 - s[0, 1:3]) / 0.05).sum())) < 1e-9
