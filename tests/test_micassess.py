@@ -319,3 +319,44 @@ def test_spectrum_anisotropy_sees_directional_blur_not_detector_lines():
     rows = signal + noise + 0.05 * rng.normal(0, 1, (h, 1))  # a gain pattern constant along rows
     assert blurred > iso + 1.0, (iso, blurred)
     assert value(rows) < iso + 0.3, (iso, value(rows))
+
+
+def test_drift_anisotropy_sees_full_resolution_blur_at_any_frame_size():
+    """A line blur of the signal (residual drift, 12 Å at 1.2 Å/px: 10 px) under isotropic
+    shot noise raises ``drift_anisotropy``; the same unblurred field reads about 0 whether
+    the frame is small (overlapping Welch tiles) or large (25 tiles): noise is discounted."""
+    from scipy import ndimage
+
+    from cryoflow.micassess.features import _mean, drift_anisotropy, prepare, welch_independent_tiles, welch_spectrum
+
+    rng = np.random.default_rng(2)
+    apix = 1.2
+
+    def value(shape, blur):
+        signal = ndimage.gaussian_filter(rng.normal(0, 1, shape), 1.5)
+        signal *= 0.15 / signal.std()
+        if blur:
+            kernel = np.zeros((11, 11))
+            kernel[5, :] = 1 / 11
+            signal = ndimage.convolve(ndimage.rotate(signal, 30, reshape=False, mode="wrap"), kernel, mode="wrap")
+        image = rng.poisson(40 * (1 + signal)).astype(np.float32)
+        x = prepare(image)
+        power, k = welch_spectrum(x, apix, _mean(x))
+        return drift_anisotropy(power, k, apix, welch_independent_tiles(shape))["drift_anisotropy"]
+
+    small, large, drifted = value((512, 512), False), value((1536, 1536), False), value((512, 512), True)
+    assert small < 0.02 and large < 0.02, (small, large)
+    assert drifted > 0.05, drifted
+
+
+def test_relative_ice_thickness_scaled_to_300kv():
+    """ln(I95 / I) = Δt / λ_in(V): at 200 kV (shorter mean free path) it is scaled down to
+    the 300 kV value of the same extra thickness; no voltage: unscaled."""
+    from cryoflow.micassess.features import tabular_ctf
+    from cryoflow.simulate.physics import inelastic_mean_free_path
+
+    row = {"cryoflowRelativeIceThickness": 0.3}
+    assert tabular_ctf(row, 1.0, True)["relative_ice_thickness"] == pytest.approx(0.3)
+    assert tabular_ctf(row, 1.0, True, voltage=300.0)["relative_ice_thickness"] == pytest.approx(0.3)
+    at200 = tabular_ctf({**row, "_voltage": 200.0}, 1.0, True)["relative_ice_thickness"]
+    assert at200 == pytest.approx(0.3 * inelastic_mean_free_path(200.0) / inelastic_mean_free_path(300.0))

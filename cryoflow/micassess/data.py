@@ -26,6 +26,7 @@ from cryoflow.micassess.features import (
     DENSITY_FEATURES,
     FEATURES,
     FINE,
+    FULLRES_FEATURES,
     GROUP,
     IMAGE_FEATURES,
     density_statistics,
@@ -173,6 +174,7 @@ def simulate_session(session: int, seed: int, ranges: Ranges, reasons: list[str]
         if result.ok:
             row.update(rlnDefocusU=result.fit.defocus_u, rlnDefocusV=result.fit.defocus_v)
         row["_fitted"] = bool(result.ok)
+        row["_voltage"] = plan["voltage"]  # as run.py reads it from the optics (relative ice thickness)
         rows.append(row)
         inputs.append(inputs_from_image(sim.image, apix))
         truths.append(sim.truth["reason"])
@@ -317,7 +319,10 @@ FIRST_FEATURES = (
 def load_examples(path: str | os.PathLike) -> list[Example]:
     """Examples saved by :func:`save_examples`; features re-ordered to :data:`FEATURES` by name
     (files without names hold :data:`FIRST_FEATURES`); :data:`DENSITY_FEATURES` missing from
-    an older file are computed from its stored CNN image, and so are :data:`IMAGE_FEATURES`; an older file's ice-ring features
+    an older file are computed from its stored CNN image, and so are :data:`IMAGE_FEATURES`;
+    :data:`FULLRES_FEATURES` missing are NaN (no evidence: re-simulate the set to have them, and
+    the 300 kV scaling of ``relative_ice_thickness`` that files of 200 kV sessions made before it
+    lack); an older file's ice-ring features
     imputed when unmeasurable (flag ``ice_ring_missing``) become NaN, as
     :func:`~cryoflow.micassess.features.tabular_ctf` now writes them."""
     data = torch.load(path, weights_only=True)
@@ -329,6 +334,8 @@ def load_examples(path: str | os.PathLike) -> list[Example]:
             values.update(density_statistics(d["cnn"].numpy()))
         if any(n not in values for n in IMAGE_FEATURES):
             values.update(spectrum_anisotropy(d["cnn"].numpy()))
+        for n in FULLRES_FEATURES:  # not computable without the full-resolution image: no evidence
+            values.setdefault(n, math.nan)
         if values.pop("ice_ring_missing", 0.0) > 0.5:  # older files: unmeasured ice ring imputed, with a flag
             values["ice_ring"] = values["ice_crystallinity"] = math.nan
         features = np.array([values[n] for n in FEATURES], dtype=np.float64)

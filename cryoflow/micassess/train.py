@@ -663,6 +663,7 @@ def user_examples(source: str | os.PathLike, label_column: str = "cfReason", dev
             row = dict(row)
             row["_fitted"] = "cryoflowCtfFailure" not in row or not str(row.get("cryoflowCtfFailure") or "").strip()
         row["_label"] = label
+        row.setdefault("_voltage", optics[0])  # the relative ice thickness is scaled to 300 kV
         rows.append(row)
         inputs.append(inputs_from_image(image, apix, device))
         sizes_used.append(apix)
