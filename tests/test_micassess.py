@@ -357,6 +357,6 @@ def test_relative_ice_thickness_scaled_to_300kv():
 
     row = {"cryoflowRelativeIceThickness": 0.3}
     assert tabular_ctf(row, 1.0, True)["relative_ice_thickness"] == pytest.approx(0.3)
-    assert tabular_ctf(row, 1.0, True, voltage=300.0)["relative_ice_thickness"] == pytest.approx(0.3)
+    assert tabular_ctf({**row, "_voltage": 300.0}, 1.0, True)["relative_ice_thickness"] == pytest.approx(0.3)
     at200 = tabular_ctf({**row, "_voltage": 200.0}, 1.0, True)["relative_ice_thickness"]
     assert at200 == pytest.approx(0.3 * inelastic_mean_free_path(200.0) / inelastic_mean_free_path(300.0))

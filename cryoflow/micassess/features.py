@@ -192,17 +192,15 @@ def _ok(value: float) -> bool:
     return math.isfinite(value)
 
 
-def tabular_ctf(row: dict, pixel_size: float, fitted: bool, voltage: float | None = None) -> dict[str, float]:
+def tabular_ctf(row: dict, pixel_size: float, fitted: bool) -> dict[str, float]:
     """The CTF-metric part of :data:`FEATURES` from one STAR row (column name -> value).
 
-    ``voltage`` (kV; default the row's ``_voltage``, else 300): the relative ice thickness
+    The row's ``_voltage`` (kV; missing: 300, unscaled): the relative ice thickness
     ln(I95 / I) = Δt / λ_in(V) is scaled by λ_in(V) / λ_in(300 kV), so a given extra thickness
     reads the same at 200 kV (λ_in 281 nm) as at 300 kV (350 nm); unscaled, a good 78 nm
     micrograph at 200 kV read thicker than a 116 nm thick-ice one at 300 kV."""
     g = {k: _num(row, c) for k, c in _STAR.items()}
-    if voltage is None:
-        voltage = _num(row, "_voltage")
-    ice_scale = _ice_scale(voltage)
+    ice_scale = _ice_scale(_num(row, "_voltage"))
     res = g["fit_resolution"] if fitted and _ok(g["fit_resolution"]) else 30.0
     du, dv = _num(row, "rlnDefocusU"), _num(row, "rlnDefocusV")
     astig = abs(du - dv) if fitted and _ok(du) and _ok(dv) else 0.0
