@@ -156,3 +156,14 @@ def test_large_writes_go_out_in_pieces(tmp_path, monkeypatch):
     monkeypatch.setattr(cryoflow.io.mrc, "WRITE_CHUNK", 1 << 30)
     whole = write_mrc(tmp_path / "whole.mrcs", stack, pixel_size=1.5)
     assert pieces.read_bytes() == whole.read_bytes()
+
+
+def test_as_float32_converts_float16_exactly_and_passes_float32_through():
+    from cryoflow.io.mrc import as_float32
+
+    rng = np.random.default_rng(2)
+    half = (rng.standard_normal((5, 300, 90)) * 100).astype(np.float16)[:, ::2]  # strided, > one piece of 32,768
+    assert np.array_equal(as_float32(half), half.astype(np.float32)) and as_float32(half).dtype == np.float32
+    single = half.astype(np.float32)
+    assert as_float32(single) is single
+    assert np.array_equal(as_float32(half.astype(np.int16)), half.astype(np.int16).astype(np.float32))

@@ -157,7 +157,7 @@ def read_micrograph(
                 f"holds {data.shape[0]} images of {data.shape[1]}x{data.shape[2]}; expected one motion-corrected micrograph",
             )
         apix = resolve_pixel_size(path, _header_pixel_size(mrc), pixel_size)
-        image = np.asarray(data, dtype=np.float32)
+        image = as_float32(data)
         if mmap and not image.dtype.isnative:  # a file of the other byte order: convert once
             image = image.astype(np.float32)
     if check_finite:
@@ -194,7 +194,7 @@ class ParticleStack:
         return self._data.shape[0]
 
     def __getitem__(self, index) -> np.ndarray:
-        images = np.asarray(self._data[index], dtype=np.float32)
+        images = as_float32(self._data[index])
         _check_finite(self.path, images, f"images {index}")
         return images
 
@@ -286,6 +286,28 @@ def _set_data(mrc, array: np.ndarray) -> None:
         mrc.set_data(array)
 
 
+def as_float32(array: np.ndarray) -> np.ndarray:
+    """``array`` as float32: itself when it is, else a converted copy. Float16 (mode 12) is
+    converted by torch's vectorized (F16C) kernel: numpy's is about 10x slower (measured here:
+    30 ms vs 3 ms per 16.6 M values), which made every float16 particle stack's header
+    statistics cost more than cutting its particles."""
+    if array.dtype == np.float32:
+        return array
+    if array.dtype == np.float16 and array.dtype.isnative:
+        import torch
+
+        out = np.empty(array.shape, dtype=np.float32)
+        src, dst = np.ascontiguousarray(array).reshape(-1), out.reshape(-1)
+        with warnings.catch_warnings():  # a read-only memory map is only read here
+            warnings.simplefilter("ignore", UserWarning)
+            # pieces below torch's parallel grain (32,768): converted in this thread, never handed
+            # to an intra-op thread pool that spins against other busy processes (measured 50x slower)
+            for start in range(0, src.size, 1 << 15):
+                torch.from_numpy(dst[start : start + (1 << 15)]).copy_(torch.from_numpy(src[start : start + (1 << 15)]))
+        return out
+    return np.asarray(array, dtype=np.float32)
+
+
 def header_stats(array: np.ndarray, chunk: int = 1 << 18) -> tuple[float, float, float, float]:
     """``(min, max, mean, rms)`` of ``array`` as MRC headers store them (rms: the standard deviation).
 
@@ -302,9 +324,7 @@ def header_stats(array: np.ndarray, chunk: int = 1 << 18) -> tuple[float, float,
         return 0.0, -1.0, -2.0, -1.0  # mrcfile's "unknown" values
     lows, highs, mean, m2, count = [], [], 0.0, 0.0, 0
     for start in range(0, n, chunk):
-        part = flat[start : start + chunk]
-        if part.dtype != np.float32:
-            part = part.astype(np.float32)
+        part = as_float32(flat[start : start + chunk])
         k = part.size
         lows.append(part.min())
         highs.append(part.max())
