@@ -195,13 +195,14 @@ def test_training_smoke_runs_and_fine_tunes(ctf_run, tmp_path):
     assert np.allclose(p.sum(1), 1)
 
 
-def test_unmeasured_ice_ring_and_out_of_range_features_are_no_evidence():
+def test_unmeasured_ice_ring_and_out_of_range_features_are_no_evidence(tmp_path):
     """At pixel sizes that cannot see 3.7 Å the ice-ring features are NaN and count 0 (no
     evidence either way); features beyond the training range are clipped to it (binned data
     are not extrapolated); the evidence of each feature is exact (the contributions sum to
-    the final log-odds of the call over good, up to the constant terms)."""
+    the final log-odds of the call over good, up to the constant terms), with the hinges of
+    the piecewise-linear basis bent or not."""
     from cryoflow.micassess.features import tabular_ctf
-    from cryoflow.micassess.model import Linear, MicCNN
+    from cryoflow.micassess.model import HINGES, Linear, MicCNN
 
     row = {"rlnCtfFigureOfMerit": 0.2, "rlnCtfMaxResolution": 8.0, "rlnDefocusU": 15000.0, "rlnDefocusV": 14800.0}
     ctf = tabular_ctf(row, 3.4, True)  # no rlnCtfIceRingDensity: unmeasurable at 3.4 Å/px
@@ -209,14 +210,16 @@ def test_unmeasured_ice_ring_and_out_of_range_features_are_no_evidence():
     rng = np.random.default_rng(0)
     n_f, n_c = len(FEATURES), 12
     lo, hi = -np.ones(n_f), np.ones(n_f)  # the training range of each raw feature
-    lin = Linear(np.zeros(n_f), np.ones(n_f), rng.normal(size=(n_c, n_f)), rng.normal(size=n_c), lo, hi)
-    x = rng.uniform(-0.5, 0.5, (3, n_f))
+    n_b = n_f * (1 + 2 * len(HINGES))
+    lin = Linear(np.zeros(n_f), np.full(n_f, 0.4), rng.normal(size=(n_c, n_b)), rng.normal(size=n_c), lo, hi, HINGES)
+    x = rng.uniform(-0.5, 0.5, (3, n_f))  # z within ±1.25: some features past the first hinge
     x[:, FEATURES.index("ctf_fitted")] = 1.0
     x[0, FEATURES.index("ice_ring")] = np.nan
     x[1, FEATURES.index("log_fit_resolution")] = 50.0  # far beyond the training range: clipped to 1
     z = lin.z(x)
     assert z[0, FEATURES.index("ice_ring")] == 0.0 and np.isfinite(z).all()
-    assert z[1, FEATURES.index("log_fit_resolution")] == 1.0
+    assert z[1, FEATURES.index("log_fit_resolution")] == 2.5  # past the second hinge
+    assert lin.basis(x).shape == (3, n_b) and (np.abs(z) > HINGES[0]).any()
     model = MicAssessModel(classes=[f"c{i}" for i in range(n_c)], linear=lin, cnn=MicCNN(n_c))
     model.classes[0] = "good"
     model.stack_lin, model.stack_cnn = rng.normal(size=(n_c, n_c)), rng.normal(size=(n_c, n_c))
@@ -230,6 +233,16 @@ def test_unmeasured_ice_ring_and_out_of_range_features_are_no_evidence():
     rows = np.arange(3)
     log_odds = np.log(p[rows, target] / p[:, 0]) - np.log(p0[rows, target] / p0[:, 0])
     assert np.allclose(contrib.sum(1), log_odds)
+    # a model file of the format before hinges still reads, as a straight line per feature
+    import dataclasses
+
+    plain = MicAssessModel(model.classes, dataclasses.replace(lin, coef=lin.coef[:, :n_f], hinges=()), model.cnn)
+    state = plain.state()
+    state["format"] = "cryoflow-micassess-3"
+    del state["linear"]["hinges"]
+    torch.save(state, tmp_path / "old.pt")
+    old = MicAssessModel.load(tmp_path / "old.pt")
+    assert old.linear.hinges == () and np.allclose(old.linear.logits(x), plain.linear.logits(x), atol=1e-5)
 
 
 def test_relative_thickness_per_acquisition_setting():
@@ -360,3 +373,52 @@ def test_relative_ice_thickness_scaled_to_300kv():
     assert tabular_ctf({**row, "_voltage": 300.0}, 1.0, True)["relative_ice_thickness"] == pytest.approx(0.3)
     at200 = tabular_ctf({**row, "_voltage": 200.0}, 1.0, True)["relative_ice_thickness"]
     assert at200 == pytest.approx(0.3 * inelastic_mean_free_path(200.0) / inelastic_mean_free_path(300.0))
+
+
+def test_ice_thickness_vs_median_per_set_and_setting():
+    """The set feature is each micrograph's relative ice thickness over its setting's median of the
+    fitted micrographs: an empty (no ice, unfitted) micrograph reads below it, a thick one above,
+    and a second acquisition setting gets its own median."""
+    from cryoflow.micassess.features import SET_FEATURES, add_set_features, feature_vector
+
+    rel, fit, med = (FEATURES.index(n) for n in ("relative_ice_thickness", "ctf_fitted", "ice_thickness_vs_median"))
+    assert SET_FEATURES == ("ice_thickness_vs_median",)
+    x = np.zeros((6, len(FEATURES)))
+    x[:, rel] = [0.10, 0.12, 0.14, 0.45, 0.00, 1.0]  # three typical, thick, empty; one of another setting
+    x[:, fit] = [1, 1, 1, 1, 0, 1]
+    add_set_features(x, ["a"] * 5 + ["b"])
+    np.testing.assert_allclose(x[:, med], [-0.03, -0.01, 0.01, 0.32, -0.13, 0.0], atol=1e-12)
+    assert np.isnan(feature_vector({n: 0.0 for n in FEATURES}, {})[med])  # filled in once the set is known
+
+
+def test_live_batch_reads_the_session_median():
+    """A live batch (cryoflow watch) given the session's earlier intensities gets the same
+    ice_thickness_vs_median as the whole session assessed at once."""
+    from cryoflow.micassess.data import acquisition_key, add_relative_thickness
+    from cryoflow.micassess.features import add_set_features, tabular_ctf
+    from cryoflow.micassess.run import _session_thickness
+
+    intensities = [100.0, 97.0, 95.0, 80.0, 101.0, 90.0]
+
+    def rows_of(values):
+        return [
+            {"cryoflowMeanIntensity": v, "_fitted": True, "_voltage": 200.0, "_apix": 1.0, "rlnCtfFigureOfMerit": 0.2}
+            for v in values
+        ]
+
+    def features(rows, others=None):
+        x = np.zeros((len(rows), len(FEATURES)))
+        for row, r in zip(x, rows, strict=True):
+            row[FEATURES.index("relative_ice_thickness")] = tabular_ctf(r, 1.0, True)["relative_ice_thickness"]
+            row[FEATURES.index("ctf_fitted")] = 1.0
+        return add_set_features(x, [acquisition_key(r) for r in rows], others)[
+            :, FEATURES.index("ice_thickness_vs_median")
+        ]
+
+    whole = rows_of(intensities)
+    add_relative_thickness(whole)
+    batch = rows_of(intensities[-2:])
+    add_relative_thickness(batch)  # its own reference: the median difference does not depend on it
+    live = features(batch, _session_thickness(batch, intensities[:-2]))
+    np.testing.assert_allclose(live, features(whole)[-2:], atol=1e-9)
+    assert not np.allclose(features(batch), features(whole)[-2:])  # the batch alone reads otherwise

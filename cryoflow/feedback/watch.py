@@ -21,9 +21,10 @@ Speed (``cryoflow bench watch``): every step runs with one torch thread and larg
 in the heap (:func:`_keep_heap`); each micrograph is read once and shared in memory by ctf,
 micassess and pick; the batches write no step report (``step_reports`` to have them; the
 STAR files are the same); feedback's report.html is redrawn at most every ``report_every_s``
-(feedback.json at every refresh). The relative ice thickness (a micassess input) is measured
-against the session's micrographs so far (``run_ctf``'s ``session_intensities``), not the
-batch's alone, so small batches are assessed as the whole set would be.
+(feedback.json at every refresh). The relative ice thickness and its median (micassess inputs)
+are measured against the session's micrographs so far (``run_ctf``'s and ``run_micassess``'s
+``session_intensities``), not the batch's alone, so small batches are assessed as the whole
+set would be.
 
 Layout of ``OUT``::
 
@@ -595,6 +596,7 @@ class Watcher:
                     device=opt.device,
                     report=opt.step_reports,
                     loaded=loaded,
+                    session_intensities=task["intensities"],
                 ),
             )
         if "pick" in opt.steps:

@@ -29,6 +29,8 @@ from cryoflow.micassess.features import (
     FULLRES_FEATURES,
     GROUP,
     IMAGE_FEATURES,
+    SET_FEATURES,
+    add_set_features,
     density_statistics,
     feature_vector,
     inputs_from_image,
@@ -180,11 +182,18 @@ def simulate_session(session: int, seed: int, ranges: Ranges, reasons: list[str]
         truths.append(sim.truth["reason"])
         names.append(row["rlnMicrographName"])
     add_relative_thickness(rows)
-    out = []
-    for row, inp, truth, name in zip(rows, inputs, truths, names, strict=True):
-        ctf = tabular_ctf(row, apix, row["_fitted"])
-        out.append(Example(name, truth, feature_vector(ctf, inp["stats"]), inp["cnn"], inp["spectrum"], row))
-    return out
+    x = add_set_features(
+        np.stack(
+            [
+                feature_vector(tabular_ctf(row, apix, row["_fitted"]), inp["stats"])
+                for row, inp in zip(rows, inputs, strict=True)
+            ]
+        )
+    )
+    return [
+        Example(name, truth, features, inp["cnn"], inp["spectrum"], row)
+        for row, inp, truth, name, features in zip(rows, inputs, truths, names, x, strict=True)
+    ]
 
 
 def add_relative_thickness(rows: list[dict]) -> None:
@@ -320,6 +329,7 @@ def load_examples(path: str | os.PathLike) -> list[Example]:
     """Examples saved by :func:`save_examples`; features re-ordered to :data:`FEATURES` by name
     (files without names hold :data:`FIRST_FEATURES`); :data:`DENSITY_FEATURES` missing from
     an older file are computed from its stored CNN image, and so are :data:`IMAGE_FEATURES`;
+    :data:`SET_FEATURES` missing are computed over the file (one session);
     :data:`FULLRES_FEATURES` missing are NaN (no evidence: re-simulate the set to have them, and
     the 300 kV scaling of ``relative_ice_thickness`` that files of 200 kV sessions made before it
     lack); an older file's ice-ring features
@@ -338,8 +348,12 @@ def load_examples(path: str | os.PathLike) -> list[Example]:
             values.setdefault(n, math.nan)
         if values.pop("ice_ring_missing", 0.0) > 0.5:  # older files: unmeasured ice ring imputed, with a flag
             values["ice_ring"] = values["ice_crystallinity"] = math.nan
-        features = np.array([values[n] for n in FEATURES], dtype=np.float64)
+        missing_set = any(n not in values for n in SET_FEATURES)
+        features = np.array([values.get(n, math.nan) for n in FEATURES], dtype=np.float64)
         out.append(Example(d["name"], d["reason"], features, d["cnn"].numpy(), d["spectrum"].numpy()))
+    if out and missing_set:  # a file holds one session: one acquisition setting
+        for e, row in zip(out, add_set_features(np.stack([e.features for e in out])), strict=True):
+            e.features = row
     return out
 
 

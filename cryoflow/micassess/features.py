@@ -96,6 +96,7 @@ FEATURES = (
     "dark_fraction",
     "bright_fraction",
     "relative_ice_thickness",
+    "ice_thickness_vs_median",
     "contrast_lowpass",
     "contrast_tiles",
     "log_particle_band",
@@ -114,6 +115,9 @@ IMAGE_FEATURES = ("spectrum_anisotropy",)
 # made before they existed cannot compute them (it keeps no full-resolution image), so they
 # are NaN there (no evidence either way); re-simulate the set to use them
 FULLRES_FEATURES = ("drift_anisotropy",)
+# features of a micrograph relative to the others of its set (:func:`add_set_features`): NaN
+# in :func:`feature_vector`, filled in once the whole set's features are known
+SET_FEATURES = ("ice_thickness_vs_median",)
 FEATURE_DOCS = {
     "ctf_fitted": "1 if the CTF step fitted Thon rings, 0 if it could not",
     "figure_of_merit": "rlnCtfFigureOfMerit",
@@ -137,6 +141,10 @@ FEATURE_DOCS = {
     "relative_ice_thickness": "cryoflowRelativeIceThickness: ln(typical intensity / this one), scaled to 300 kV: "
     "x λ_in(V) / λ_in(300 kV), so it is the extra thickness in units of the 300 kV inelastic mean free path "
     "(350 nm) at any voltage",
+    "ice_thickness_vs_median": "relative_ice_thickness minus its median over the fitted micrographs of the same "
+    "acquisition setting in the set: thicker (> 0) or thinner, or no ice at all (< 0), than the typical micrograph. "
+    "relative_ice_thickness is measured from the thinnest ice (95th percentile of the intensity), which a few "
+    "empty or cracked micrographs in a small set move; the median is the typical one",
     "contrast_lowpass": "std/mean of the image low-passed to 60 Å: large-scale contrast (blobs, carbon, grains)",
     "contrast_tiles": "spread of the means of 8x8 tiles over their median",
     "log_particle_band": "ln of the power at 30-150 Å over the power at 8-12 Å: particle signal",
@@ -200,7 +208,7 @@ def tabular_ctf(row: dict, pixel_size: float, fitted: bool) -> dict[str, float]:
     reads the same at 200 kV (λ_in 281 nm) as at 300 kV (350 nm); unscaled, a good 78 nm
     micrograph at 200 kV read thicker than a 116 nm thick-ice one at 300 kV."""
     g = {k: _num(row, c) for k, c in _STAR.items()}
-    ice_scale = _ice_scale(_num(row, "_voltage"))
+    scale = ice_scale(_num(row, "_voltage"))
     res = g["fit_resolution"] if fitted and _ok(g["fit_resolution"]) else 30.0
     du, dv = _num(row, "rlnDefocusU"), _num(row, "rlnDefocusV")
     astig = abs(du - dv) if fitted and _ok(du) and _ok(dv) else 0.0
@@ -223,7 +231,7 @@ def tabular_ctf(row: dict, pixel_size: float, fitted: bool) -> dict[str, float]:
         "defocus_um": defocus / 1e4,
         "dark_fraction": g["dark_fraction"] if _ok(g["dark_fraction"]) else 0.0,
         "bright_fraction": g["bright_fraction"] if _ok(g["bright_fraction"]) else 0.0,
-        "relative_ice_thickness": float(np.clip(g["relative_ice_thickness"] * ice_scale, -1, 3))
+        "relative_ice_thickness": float(np.clip(g["relative_ice_thickness"] * scale, -1, 3))
         if _ok(g["relative_ice_thickness"])
         else 0.0,
         "pixel_size": float(pixel_size),
@@ -231,7 +239,7 @@ def tabular_ctf(row: dict, pixel_size: float, fitted: bool) -> dict[str, float]:
     return out
 
 
-def _ice_scale(voltage: float) -> float:
+def ice_scale(voltage: float) -> float:
     """λ_in(voltage) / λ_in(300 kV) of ice (1 for an unknown or implausible voltage)."""
     if not (_ok(voltage) and 60.0 <= voltage <= 1000.0):
         return 1.0
@@ -608,6 +616,25 @@ def _drift_grid(box: int, pixel_size: float, lo_A: float, hi_A: float):
 
 
 def feature_vector(ctf: dict[str, float], stats: dict[str, float]) -> np.ndarray:
-    """The :data:`FEATURES` vector (float64) from the CTF part and the image statistics."""
+    """The :data:`FEATURES` vector (float64) from the CTF part and the image statistics;
+    :data:`SET_FEATURES` NaN (see :func:`add_set_features`)."""
     both = {**ctf, **stats}
-    return np.array([float(both[name]) for name in FEATURES], dtype=np.float64)
+    return np.array([math.nan if name in SET_FEATURES else float(both[name]) for name in FEATURES], dtype=np.float64)
+
+
+def add_set_features(x: np.ndarray, keys: list | None = None, others: dict | None = None) -> np.ndarray:
+    """Fill :data:`SET_FEATURES` of a set's feature rows ``(N, F)`` in place (and return ``x``):
+    ``ice_thickness_vs_median``, each micrograph's ``relative_ice_thickness`` minus its median
+    over the fitted micrographs (``ctf_fitted``; all when none is) with the same ``keys[i]``
+    (the acquisition setting, :func:`~cryoflow.micassess.data.acquisition_key`: intensities
+    compare only within one; None: one setting). ``others``: key -> ``relative_ice_thickness``
+    values of more fitted micrographs of the set not in ``x`` (a live session's earlier ones)."""
+    keys = [0] * len(x) if keys is None else keys
+    rel = x[:, FEATURES.index("relative_ice_thickness")]
+    fitted = x[:, FEATURES.index("ctf_fitted")] > 0.5
+    out = FEATURES.index("ice_thickness_vs_median")
+    for key in set(keys):
+        member = np.array([k == key for k in keys])
+        ref = np.concatenate([rel[member & fitted], np.asarray((others or {}).get(key, ()), dtype=float)])
+        x[member, out] = rel[member] - np.median(ref if len(ref) else rel[member])
+    return x

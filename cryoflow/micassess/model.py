@@ -1,9 +1,16 @@
 """The micassess model: a logistic model on features, a small CNN, and their calibrated combination.
 
-- Linear part: multinomial logistic regression (scikit-learn at training time) on the
-  standardized :data:`~cryoflow.micassess.features.FEATURES`. Stored as plain tensors
-  (mean, scale, coefficients, intercepts), so prediction needs no pickled object and the
-  contribution of every feature to every decision is exact: ``coef[c, f] * z_f``.
+- Linear part: multinomial logistic regression (scikit-learn at training time) on an
+  additive piecewise-linear basis of the standardized
+  :data:`~cryoflow.micassess.features.FEATURES`: each standardized feature ``z`` and its
+  hinges ``max(z - h, 0)``, ``max(-z - h, 0)`` at :data:`HINGES` standard deviations (a
+  feature may matter more in its tails than a straight line says: ice twice as thick as
+  the threshold is not twice the evidence, a relative thickness just past the good range is
+  more). Every basis function is 0 at ``z = 0``, so an unmeasured feature (``z = 0``) still
+  gives no evidence. Stored as plain tensors (mean, scale, hinges, coefficients,
+  intercepts), so prediction needs no pickled object and the contribution of every
+  feature to every decision is exact: the sum of ``coef[c, b] * basis_b`` over its basis
+  functions.
 - CNN (:class:`MicCNN`): tiles of the micrograph at 4 Å/px (2 channels + mask) and,
   optionally (off in the shipped model), the radial power spectrum on a fixed 1/Å grid;
   per micrograph the tiles' log-probabilities are averaged.
@@ -31,7 +38,11 @@ from torch import nn
 from cryoflow.errors import CryoflowError
 from cryoflow.micassess.features import FEATURES, FINE, FITTED_ONLY, GROUP, REASONS, SPECTRUM_K, TILE
 
-FORMAT = "cryoflow-micassess-3"  # 2: context blocks in the CNN, density features; 3: stacking matrices, feature range
+FORMAT = (
+    "cryoflow-micassess-4"  # 2: CNN context blocks, density features; 3: stacking matrices, feature range; 4: hinges
+)
+OLDER_FORMATS = ("cryoflow-micassess-3",)  # still read: no hinges (a straight line per feature)
+HINGES = (1.0, 2.0)  # standard deviations at which the linear part's basis bends (see the module doc)
 
 
 class MicCNN(nn.Module):
@@ -118,24 +129,38 @@ def standardize(
     return z
 
 
+def hinge_basis(z: np.ndarray, hinges: tuple[float, ...]) -> np.ndarray:
+    """``(N, F)`` standardized features -> ``(N, F (1 + 2 H))``: ``z``, then for each hinge
+    ``h`` the blocks ``max(z - h, 0)`` and ``max(-z - h, 0)`` (all 0 at ``z = 0``)."""
+    blocks = [z]
+    for h in hinges:
+        blocks += [np.maximum(z - h, 0.0), np.maximum(-z - h, 0.0)]
+    return np.concatenate(blocks, 1)
+
+
 @dataclass
 class Linear:
-    """Standardization + multinomial logistic regression (classes along axis 0 of ``coef``)."""
+    """Standardization, :func:`hinge_basis` and a multinomial logistic regression (classes
+    along axis 0 of ``coef``, basis functions along axis 1)."""
 
     mean: np.ndarray
     scale: np.ndarray
-    coef: np.ndarray  # (C, F)
+    coef: np.ndarray  # (C, F (1 + 2 H))
     intercept: np.ndarray  # (C,)
     lo: np.ndarray | None = None  # (F,) training range of the raw features (NaN-aware min/max)
     hi: np.ndarray | None = None
+    hinges: tuple[float, ...] = ()
 
     def z(self, x: np.ndarray) -> np.ndarray:
         return standardize(x, self.mean, self.scale, self.lo, self.hi)
 
+    def basis(self, x: np.ndarray) -> np.ndarray:
+        return hinge_basis(self.z(x), self.hinges)
+
     def logits(self, x: np.ndarray) -> np.ndarray:
-        """Class-centred logits ``(N, C)`` (the stacking's input): ``z · coef_c + intercept_c``
+        """Class-centred logits ``(N, C)`` (the stacking's input): ``basis · coef_c + intercept_c``
         minus their mean over the classes."""
-        logits = self.z(x) @ self.coef.T + self.intercept
+        logits = self.basis(x) @ self.coef.T + self.intercept
         return logits - logits.mean(1, keepdims=True)
 
     def log_proba(self, x: np.ndarray) -> np.ndarray:
@@ -191,11 +216,11 @@ class MicAssessModel:
         """Per micrograph and feature (+ a last column for the CNN): how much each pushes the
         log-odds of class ``target[i]`` over ``good`` ``(N, F + 1)`` (positive: towards target)."""
         g = self.classes.index("good")
-        z = self.linear.z(x)
+        basis = self.linear.basis(x)
         centred = self.linear.coef - self.linear.coef.mean(0, keepdims=True)
-        effective = self.stack_lin @ centred  # (C, F): the final logits' weights on z
-        diff = effective[target] - effective[g]  # (N, F)
-        feat = z * diff
+        effective = self.stack_lin @ centred  # (C, B): the final logits' weights on the basis
+        diff = effective[target] - effective[g]  # (N, B)
+        feat = (basis * diff).reshape(len(x), -1, len(FEATURES)).sum(1)  # a feature's basis functions summed
         cnn_part = ((self.stack_cnn[target] - self.stack_cnn[g]) * cnn).sum(1)
         return np.concatenate([feat, cnn_part[:, None]], 1)
 
@@ -220,6 +245,7 @@ class MicAssessModel:
                 "intercept": t(self.linear.intercept),
                 "lo": t(self.linear.lo if self.linear.lo is not None else np.full(len(FEATURES), -np.inf)),
                 "hi": t(self.linear.hi if self.linear.hi is not None else np.full(len(FEATURES), np.inf)),
+                "hinges": t(self.linear.hinges),
             },
             "cnn": {k: v.detach().cpu() for k, v in self.cnn.state_dict().items()},
             "cnn_spectrum": self.cnn.spectrum is not None,
@@ -247,7 +273,7 @@ class MicAssessModel:
         from cryoflow.models import load_state
 
         path = Path(path)
-        s = load_state(path, FORMAT, "micassess model")
+        s = load_state(path, (FORMAT, *OLDER_FORMATS), "micassess model")
         if list(s["features"]) != list(FEATURES):
             raise CryoflowError(path, "model was trained on another feature set; retrain it with this cryoflow version")
         a = lambda k: s["linear"][k].double().numpy()  # noqa: E731
@@ -256,7 +282,15 @@ class MicAssessModel:
         cnn.eval()
         return cls(
             classes=list(s["classes"]),
-            linear=Linear(a("mean"), a("scale"), a("coef"), a("intercept"), a("lo"), a("hi")),
+            linear=Linear(
+                a("mean"),
+                a("scale"),
+                a("coef"),
+                a("intercept"),
+                a("lo"),
+                a("hi"),
+                tuple(s["linear"]["hinges"].tolist()) if "hinges" in s["linear"] else (),
+            ),
             cnn=cnn,
             stack_lin=s["stack"]["lin"].double().numpy(),
             stack_cnn=s["stack"]["cnn"].double().numpy(),

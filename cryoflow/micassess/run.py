@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,11 +31,14 @@ import pandas as pd
 import torch
 
 from cryoflow.errors import CryoflowError
+from cryoflow.micassess.data import acquisition_key
 from cryoflow.micassess.features import (
     FEATURES,
     GROUP,
     REASONS,
+    add_set_features,
     feature_vector,
+    ice_scale,
     inputs_from_image,
     tabular_ctf,
     tiles,
@@ -139,6 +143,20 @@ def _read_inputs(star_path: Path):
     return fitted, failed, failed_path
 
 
+def _session_thickness(rows: list[dict], intensities: Sequence[float]) -> dict:
+    """``relative_ice_thickness`` feature values of more fitted micrographs of the session from
+    their mean intensities, against the reference of ``rows`` (``I_ref = I exp(rel)`` of a row
+    with both columns), under that row's acquisition setting (a live session has one)."""
+    values = np.asarray(intensities, dtype=float)
+    values = values[np.isfinite(values) & (values > 0)]
+    for r in rows if len(values) else ():
+        i, rel = r.get("cryoflowMeanIntensity", np.nan), r.get("cryoflowRelativeIceThickness", np.nan)
+        if r["_fitted"] and np.isfinite(i) and i > 0 and np.isfinite(rel):
+            scale = ice_scale(r["_voltage"])
+            return {acquisition_key(r): np.clip(scale * np.log(i * np.exp(rel) / values), -1, 3)}
+    return {}
+
+
 def run_micassess(
     micrographs: str | os.PathLike,
     out: str | os.PathLike,
@@ -148,6 +166,7 @@ def run_micassess(
     images: str | os.PathLike | None = None,
     report: bool = True,
     loaded: dict[str, np.ndarray] | None = None,
+    session_intensities: Sequence[float] = (),
 ) -> dict:
     """Assess the micrographs of a CTF-step STAR file and write the outputs into ``out``.
 
@@ -156,7 +175,10 @@ def run_micassess(
     histogram. ``out`` must not exist or be empty. Returns the summary. ``report``: False writes
     ``summary.json`` without ``report.html`` and its figures (``cryoflow watch``). ``loaded``:
     micrographs already read (``os.path.realpath`` of the file -> image, as ``run_ctf`` fills
-    it), used instead of reading those files again.
+    it), used instead of reading those files again. ``session_intensities``: mean intensities of
+    more fitted micrographs of the same session (``cryoflow watch``'s earlier batches, as
+    ``run_ctf`` takes them), so ``ice_thickness_vs_median`` is measured against the session's
+    median, not a small batch's.
     """
     from cryoflow.io import StarTable, atomic_dir, find_image, read_micrograph, write_table
     from cryoflow.micassess.data import add_relative_thickness, relative_thickness_per_setting
@@ -212,7 +234,9 @@ def run_micassess(
         spectra.append(inp["spectrum"])
         smalls.append(inp["cnn"][0])
         r["_path"] = path
-    x = np.stack(feats)
+    x = add_set_features(
+        np.stack(feats), [acquisition_key(r) for r in rows], _session_thickness(rows, session_intensities)
+    )
     spectra = np.stack(spectra)
     auto = threshold in (None, "auto")
     t = model.threshold if auto else 0.5 if threshold == "knee" else float(threshold)

@@ -38,7 +38,7 @@ import torch
 from cryoflow.errors import CryoflowError
 from cryoflow.micassess.data import WIDE, WIDE_TAG, Example, Ranges, simulate_examples
 from cryoflow.micassess.features import FEATURES, FINE, FITTED_ONLY, GROUP, REASONS, TILE, pad_tile, tiles
-from cryoflow.micassess.model import Linear, MicAssessModel, MicCNN, standardize
+from cryoflow.micassess.model import HINGES, Linear, MicAssessModel, MicCNN, hinge_basis, standardize
 
 
 @dataclass
@@ -52,7 +52,7 @@ class TrainSettings:
     epochs: int = 30
     batch: int = 32
     lr: float = 2e-3
-    c: float = 3.0  # inverse L2 strength of the logistic part
+    c: float = 1.0  # inverse L2 strength of the logistic part (on the hinge basis)
     val_fraction: float = 0.2
     user_weight: float = 3.0
     ctf_dropout: float = 0.3  # good micrographs also seen as CTF failures (weak rings), for the linear part
@@ -84,9 +84,12 @@ def class_weights(y: np.ndarray) -> np.ndarray:
     return w
 
 
-def fit_linear(x: np.ndarray, y: np.ndarray, weights: np.ndarray | None, c: float, seed: int) -> Linear:
-    """Standardize and fit a multinomial logistic regression; classes absent from ``y`` get
-    a very negative intercept (never predicted)."""
+def fit_linear(
+    x: np.ndarray, y: np.ndarray, weights: np.ndarray | None, c: float, seed: int, hinges: tuple[float, ...] = HINGES
+) -> Linear:
+    """Standardize, expand (:func:`~cryoflow.micassess.model.hinge_basis`) and fit a
+    multinomial logistic regression; classes absent from ``y`` get a very negative intercept
+    (never predicted)."""
     from sklearn.linear_model import LogisticRegression
 
     mean = np.nanmean(x, 0)
@@ -95,16 +98,16 @@ def fit_linear(x: np.ndarray, y: np.ndarray, weights: np.ndarray | None, c: floa
     scale[~np.isfinite(scale) | (scale < 1e-6)] = 1.0
     lo, hi = np.nanmin(x, 0), np.nanmax(x, 0)
     lo[~np.isfinite(lo)], hi[~np.isfinite(hi)] = -np.inf, np.inf
-    z = standardize(x, mean, scale)
+    basis = hinge_basis(standardize(x, mean, scale), hinges)
     cw = class_weights(y)
     sw = cw[y] * (weights if weights is not None else 1.0)
-    clf = LogisticRegression(C=c, max_iter=3000, random_state=seed)
-    clf.fit(z, y, sample_weight=sw)
-    coef = np.zeros((len(FINE), x.shape[1]))
+    clf = LogisticRegression(C=c, max_iter=5000, random_state=seed)
+    clf.fit(basis, y, sample_weight=sw)
+    coef = np.zeros((len(FINE), basis.shape[1]))
     intercept = np.full(len(FINE), -30.0)
     coef[clf.classes_] = clf.coef_
     intercept[clf.classes_] = clf.intercept_
-    return Linear(mean, scale, coef, intercept, lo, hi)
+    return Linear(mean, scale, coef, intercept, lo, hi, tuple(hinges))
 
 
 def as_ctf_failure(x: np.ndarray) -> np.ndarray:
@@ -648,7 +651,7 @@ def user_examples(source: str | os.PathLike, label_column: str = "cfReason", dev
     from cryoflow.ctf import Optics, Settings, estimate
     from cryoflow.ctf.run import COLUMNS
     from cryoflow.micassess.data import add_relative_thickness
-    from cryoflow.micassess.features import feature_vector, inputs_from_image, tabular_ctf
+    from cryoflow.micassess.features import add_set_features, feature_vector, inputs_from_image, tabular_ctf
 
     rows, inputs, sizes_used = [], [], []
     for path, label, row, apix, optics in items:
@@ -669,15 +672,17 @@ def user_examples(source: str | os.PathLike, label_column: str = "cfReason", dev
         sizes_used.append(apix)
     if any("cryoflowRelativeIceThickness" not in r for r in rows):
         add_relative_thickness(rows)
-    out = []
-    for (path, *_), row, inp, apix in zip(items, rows, inputs, sizes_used, strict=True):
-        ctf = tabular_ctf(row, apix, row["_fitted"])
-        out.append(
-            Example(
-                f"user_{Path(path).stem}", row["_label"], feature_vector(ctf, inp["stats"]), inp["cnn"], inp["spectrum"]
-            )
-        )
-    return out
+    x = np.stack(
+        [
+            feature_vector(tabular_ctf(r, a, r["_fitted"]), i["stats"])
+            for r, i, a in zip(rows, inputs, sizes_used, strict=True)
+        ]
+    )
+    add_set_features(x, [(round(a, 2), r["_voltage"]) for r, a in zip(rows, sizes_used, strict=True)])
+    return [
+        Example(f"user_{Path(path).stem}", row["_label"], features, inp["cnn"], inp["spectrum"])
+        for (path, *_), row, inp, features in zip(items, rows, inputs, x, strict=True)
+    ]
 
 
 def model_card(model: MicAssessModel, command: str) -> str:
@@ -727,7 +732,9 @@ def model_card(model: MicAssessModel, command: str) -> str:
         "",
         f"- Linear part: scikit-learn LogisticRegression (multinomial, L2 C={st.get('c')}, class "
         f"weights: good as heavy as all bad classes together, bad classes equal) on {len(FEATURES)} standardized features "
-        f"({len(DENSITY_FEATURES)} of them local particle-density statistics of the 4 Å/px image); "
+        f"({len(DENSITY_FEATURES)} of them local particle-density statistics of the 4 Å/px image), each with hinges at "
+        f"±{', ±'.join(f'{h:g}' for h in model.linear.hinges) or '(none)'} standard deviations (a piecewise-linear "
+        "additive model: a feature's evidence may grow faster in its tails; its contribution stays exact); "
         f"{int(st.get('ctf_dropout', 0) * 100)}% of the good micrographs added again as CTF failures and "
         f"{int(st.get('weak_particles', 0) * 100)}% with fainter particles (noise added before the density statistics, "
         "`as_weak_particles`). At prediction each feature is clipped to its training range (no extrapolation) and "

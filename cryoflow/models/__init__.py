@@ -26,9 +26,10 @@ def save_state(path, state: dict) -> Path:
     return path
 
 
-def load_state(path, fmt: str, what: str, missing: str = "model file not found") -> dict:
+def load_state(path, fmt: str | tuple[str, ...], what: str, missing: str = "model file not found") -> dict:
     """Read a model file written by :func:`save_state` (``weights_only=True``: no code runs)
-    and check its ``format`` is ``fmt``; a :class:`~cryoflow.errors.CryoflowError` otherwise."""
+    and check its ``format`` is ``fmt`` (or one of them); a
+    :class:`~cryoflow.errors.CryoflowError` otherwise."""
     import torch
 
     from cryoflow.errors import CryoflowError
@@ -40,6 +41,7 @@ def load_state(path, fmt: str, what: str, missing: str = "model file not found")
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise CryoflowError(path, f"not a readable model file ({type(exc).__name__})") from None
-    if not isinstance(state, dict) or state.get("format") != fmt:
-        raise CryoflowError(path, f"not a {what} (expected format {fmt})")
+    formats = (fmt,) if isinstance(fmt, str) else tuple(fmt)
+    if not isinstance(state, dict) or state.get("format") not in formats:
+        raise CryoflowError(path, f"not a {what} (expected format {' or '.join(formats)})")
     return state
