@@ -38,9 +38,8 @@ from torch import nn
 from cryoflow.errors import CryoflowError
 from cryoflow.micassess.features import FEATURES, FINE, FITTED_ONLY, GROUP, REASONS, SPECTRUM_K, TILE
 
-FORMAT = (
-    "cryoflow-micassess-4"  # 2: CNN context blocks, density features; 3: stacking matrices, feature range; 4: hinges
-)
+# 2: CNN context blocks, density features; 3: stacking matrices, feature range; 4: hinges
+FORMAT = "cryoflow-micassess-4"
 OLDER_FORMATS = ("cryoflow-micassess-3",)  # still read: no hinges (a straight line per feature)
 HINGES = (1.0, 2.0)  # standard deviations at which the linear part's basis bends (see the module doc)
 
