@@ -397,3 +397,31 @@ def test_float16_stacks_match_float32(tmp_path):
         assert (m32.header.mode, m16.header.mode) == (2, 12)
         assert m16.data.dtype == np.float16
         np.testing.assert_allclose(m16.data.astype(np.float32), m32.data, rtol=1e-3, atol=2e-3)
+
+
+@pytest.mark.parametrize("ramp", [True, False])
+def test_background_normalization_matches_least_squares(ramp):
+    """Each image minus its background's least-squares plane (or mean), over the residual's standard deviation,
+    computed independently with numpy; the bright disk inside the background circle has no weight."""
+    from cryoflow.picking.particle_images import normalize_background
+
+    rng = np.random.default_rng(4)
+    n, box, bg_radius = 5, 48, 18.0
+    r = np.arange(box) - box // 2
+    yy, xx = np.meshgrid(r, r, indexing="ij")
+    images = rng.normal(0, 1.5, (n, box, box)) + 30.0 + 0.4 * xx - 0.25 * yy
+    images += 50.0 * ((yy**2 + xx**2) < 10**2)  # a particle: outside the fit
+    mask = background_mask(box, bg_radius).numpy()
+    design = np.stack([np.ones(mask.sum()), xx[mask], yy[mask]], 1) if ramp else np.ones((mask.sum(), 1))
+    full = np.stack([np.ones(box * box), xx.ravel(), yy.ravel()], 1)[:, : design.shape[1]]
+    expected = []
+    for image in images:
+        coef, *_ = np.linalg.lstsq(design, image[mask], rcond=None)
+        residual = image - (full @ coef).reshape(box, box)
+        dof = mask.sum() - design.shape[1]
+        expected.append(-residual / np.sqrt((residual[mask] ** 2).sum() / dof))
+    batch = torch.tensor(images, dtype=torch.float32)
+    result = normalize_background(batch, bg_radius, ramp=ramp, scale=-1.0).numpy()
+    np.testing.assert_allclose(result, np.stack(expected), atol=2e-4)
+    in_place = normalize_background(batch, bg_radius, ramp=ramp, scale=-1.0, out=batch).numpy()
+    np.testing.assert_allclose(in_place, result, atol=1e-6)

@@ -83,6 +83,91 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mrc"]  # no temporary left
 
 
+def test_atomic_write_creates_a_fresh_file_with_the_usual_permissions(tmp_path):
+    """The temporary name is handed out unused (a placeholder truncated by the writer makes ext4 flush it on
+    close); the file written gets the permissions an ordinary write gives (0666 less the umask)."""
+    import os
+
+    from cryoflow.io.atomic import atomic_path
+
+    with atomic_path(tmp_path / "a.mrcs") as tmp:
+        assert not tmp.exists() and tmp.parent == tmp_path and tmp.name.endswith(".part.mrcs")
+        tmp.write_bytes(b"x")
+    reference = tmp_path / "reference"
+    reference.write_bytes(b"x")
+    assert (tmp_path / "a.mrcs").stat().st_mode == reference.stat().st_mode
+    with pytest.raises(FileNotFoundError), atomic_path(tmp_path / "b.mrc"):
+        pass  # nothing written: an error, not an empty file
+    assert sorted(os.listdir(tmp_path)) == ["a.mrcs", "reference"]
+
+
+def test_preallocate_keeps_the_size(tmp_path):
+    import os
+    import sys
+
+    from cryoflow.io.atomic import preallocate
+
+    path = tmp_path / "f"
+    with open(path, "wb") as fh:
+        fh.write(b"abc")
+        done = preallocate(fh.fileno(), 1 << 20)
+    assert path.read_bytes() == b"abc"  # the size is what was written
+    if sys.platform == "linux" and done:
+        assert os.stat(path).st_blocks * 512 >= 1 << 20  # the blocks are reserved
+
+
+@pytest.mark.parametrize(
+    "shape, dtype, stack, name",
+    [
+        ((64, 80), np.float32, None, "a.mrc"),
+        ((5, 32, 32), np.float16, None, "b.mrcs"),
+        ((6, 20, 20), np.int16, False, "c.mrc"),
+        ((3, 16, 16), np.float32, True, "d.mrc"),
+    ],
+)
+def test_files_are_mrcfiles_own(tmp_path, shape, dtype, stack, name):
+    """write_mrc, and mrc_writer fed a slice at a time, write what mrcfile.new writes (header field by field,
+    statistics to float rounding; data bytes equal) and pass mrcfile's validation."""
+    from cryoflow.io.mrc import LABEL, mrc_writer
+
+    data = np.random.default_rng(0).normal(10, 3, shape).astype(dtype)
+    ref = tmp_path / f"ref_{name}"
+    with mrcfile.new(ref) as mrc:
+        mrc.set_data(data)
+        if data.ndim == 3:
+            mrc.set_image_stack() if (name.endswith(".mrcs") if stack is None else stack) else mrc.set_volume()
+        mrc.voxel_size = 1.23
+        mrc.header.label[0] = LABEL.ljust(80).encode()
+        mrc.header.nlabl = 1
+    whole = write_mrc(tmp_path / name, data, 1.23, stack=stack, dtype=dtype)
+    parts = tmp_path / "parts" / name
+    with mrc_writer(parts, shape, 1.23, stack=stack, dtype=dtype) as writer:
+        for part in np.array_split(data, 3):
+            writer.write(part)
+    expected = ref.read_bytes()
+    stats = ("dmin", "dmax", "dmean", "rms")
+    for path in (whole, parts):
+        got = path.read_bytes()
+        assert got[1024:] == expected[1024:]
+        header, want = (np.frombuffer(b[:1024], dtype=mrcfile.dtypes.HEADER_DTYPE)[0] for b in (got, expected))
+        for field in mrcfile.dtypes.HEADER_DTYPE.names:
+            if field in stats:
+                assert header[field] == pytest.approx(want[field], rel=1e-5), field
+            else:
+                assert np.all(header[field] == want[field]), field
+        assert mrcfile.validate(path, print_file=open(tmp_path / "validation.txt", "w"))
+
+
+def test_incomplete_writer_leaves_nothing(tmp_path):
+    from cryoflow.io.mrc import mrc_writer
+
+    with pytest.raises(CryoflowError, match="only 2 of 3"), mrc_writer(tmp_path / "s.mrcs", (3, 8, 8), 1.0) as w:
+        w.write(np.zeros((2, 8, 8), np.float32))
+    with pytest.raises(ValueError, match="does not fit"), mrc_writer(tmp_path / "s.mrcs", (3, 8, 8), 1.0) as w:
+        w.write(np.zeros((2, 8, 8), np.float64))
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_real_micrographs(shared_data):
     image, apix = read_micrograph(shared_data / "micrographs" / "epu_falcon_bin4.mrc")
     assert image.shape == (1024, 1024)
@@ -130,29 +215,22 @@ def test_read_micrograph_memory_mapped(tmp_path):
 
 def test_large_writes_go_out_in_pieces(tmp_path, monkeypatch):
     """Data larger than WRITE_CHUNK reaches the file in pieces of WRITE_CHUNK bytes (which may split
-    elements), anything else in one call; the MRC written that way is the one written in one call."""
-    import io
+    elements), the header last; the MRC written that way is the one written in one call."""
+    import os
 
-    class Recorder(io.BytesIO):
-        def __init__(self):
-            super().__init__()
-            self.sizes = []
+    sizes = []
+    pwrite = os.pwrite
 
-        def write(self, b):
-            self.sizes.append(memoryview(b).nbytes)
-            return super().write(b)
+    def recording(fd, data, offset):
+        sizes.append((memoryview(data).nbytes, offset))
+        return pwrite(fd, data, offset)
 
+    monkeypatch.setattr(cryoflow.io.mrc.os, "pwrite", recording)
     monkeypatch.setattr(cryoflow.io.mrc, "WRITE_CHUNK", 1001)
-    data = np.arange(1000, dtype=np.float32)
-    stream = Recorder()
-    writer = cryoflow.io.mrc._ChunkedWrites(stream)
-    assert writer.write(b"head") == 4 and writer.write(data) == 4000 and writer.write(data[:10]) == 40
-    assert stream.sizes == [4, 1001, 1001, 1001, 997, 40]
-    assert stream.getvalue() == b"head" + data.tobytes() + data[:10].tobytes()
-    assert writer.tell() == 4044  # other calls reach the file
     rng = np.random.default_rng(2)
-    stack = (rng.standard_normal((5, 40, 60)) * 30).astype(np.float32)
+    stack = (rng.standard_normal((5, 10, 20)) * 30).astype(np.float32)  # 4,000 bytes
     pieces = write_mrc(tmp_path / "pieces.mrcs", stack, pixel_size=1.5)
+    assert sizes == [(1001, 1024), (1001, 2025), (1001, 3026), (997, 4027), (1024, 0)]
     monkeypatch.setattr(cryoflow.io.mrc, "WRITE_CHUNK", 1 << 30)
     whole = write_mrc(tmp_path / "whole.mrcs", stack, pixel_size=1.5)
     assert pieces.read_bytes() == whole.read_bytes()

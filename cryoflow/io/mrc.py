@@ -12,9 +12,11 @@ Conventions
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,13 +24,15 @@ import mrcfile
 import numpy as np
 
 from cryoflow.errors import CryoflowError
-from cryoflow.io.atomic import atomic_path
+from cryoflow.io.atomic import atomic_path, preallocate
 
 SUPPORTED_MODES = {0: "int8", 1: "int16", 2: "float32", 6: "uint16", 12: "float16"}
 MRC_SUFFIXES = (".mrc", ".mrcs", ".map", ".st")
 LABEL = "written by cryoflow"
-#: Bytes per write call for large data (see :class:`_ChunkedWrites`).
-WRITE_CHUNK = 1 << 20
+#: Bytes per write call for large data (see :class:`MrcWriter`).
+WRITE_CHUNK = 1 << 22
+#: Values per chunk of the header statistics (see :class:`HeaderStats`).
+STATS_CHUNK = 1 << 18
 
 
 @dataclass(frozen=True)
@@ -226,77 +230,119 @@ def write_mrc(
 
     ``pixel_size`` (Å) is written to the header. ``stack`` marks a 3D array as an image
     stack (default: when the name ends in ``.mrcs``). ``dtype`` float32 (mode 2) by default;
-    float16 (mode 12), int8, int16 and uint16 are accepted.
+    float16 (mode 12), int8, int16 and uint16 are accepted. (:func:`mrc_writer` writing the
+    whole array at once.)
+    """
+    array = np.ascontiguousarray(np.asarray(data).astype(dtype, copy=False))
+    with mrc_writer(path, array.shape, pixel_size, stack=stack, dtype=array.dtype, overwrite=overwrite) as writer:
+        writer.write(array)
+    return Path(path)
+
+
+@contextlib.contextmanager
+def mrc_writer(
+    path: str | os.PathLike,
+    shape: tuple[int, ...],
+    pixel_size: float,
+    *,
+    stack: bool | None = None,
+    dtype: np.dtype | str = np.float32,
+    overwrite: bool = True,
+) -> Iterator[MrcWriter]:
+    """Write an MRC file of ``shape`` a part at a time, atomically: ``with mrc_writer(...) as w: w.write(part)``.
+
+    Parts are consecutive slices along the first axis (images of a stack, rows of a
+    micrograph), e.g. particles as they are cut, so a stack never has to be held whole. The
+    header is mrcfile's for the final shape and ``dtype`` (``stack``, ``pixel_size`` as in
+    :func:`write_mrc`) and is written last, with the statistics of the data written. The
+    file is renamed to ``path`` only when the block ends with every part written.
     """
     path = Path(path)
     if not np.isfinite(pixel_size) or pixel_size <= 0:
         raise CryoflowError(path, f"pixel size must be positive, got {pixel_size}")
-    array = np.ascontiguousarray(np.asarray(data).astype(dtype, copy=False))
-    if stack is None:
-        stack = path.suffix == ".mrcs"
-    with atomic_path(path, overwrite=overwrite) as tmp:
-        with mrcfile.new(tmp, overwrite=True) as mrc:
-            if hasattr(mrc, "_iostream"):
-                mrc._iostream = _ChunkedWrites(mrc._iostream)
-            _set_data(mrc, array)
-            if array.ndim == 3:
-                if stack:
-                    mrc.set_image_stack()
-                else:
-                    mrc.set_volume()
-            mrc.voxel_size = pixel_size
-            _set_header_stats(mrc.header, array)
-            # mrcfile's label carries the time of writing; a fixed one keeps outputs reproducible
-            mrc.header.label[0] = LABEL.ljust(80).encode("ascii")
-            mrc.header.nlabl = 1
-    return path
+    shape = tuple(int(n) for n in shape)
+    header = _new_header(shape, np.dtype(dtype), float(pixel_size), path.suffix == ".mrcs" if stack is None else stack)
+    with atomic_path(path, overwrite=overwrite) as tmp, open(tmp, "wb", buffering=0) as fh:
+        writer = MrcWriter(fh, header, shape, np.dtype(dtype), path)
+        yield writer
+        writer.close()
 
 
-class _ChunkedWrites:
-    """A file object whose large writes go out :data:`WRITE_CHUNK` bytes at a time.
+def _new_header(shape: tuple[int, ...], dtype: np.dtype, pixel_size: float, stack: bool) -> np.recarray:
+    """mrcfile's header for data of ``shape`` and ``dtype`` (as ``mrcfile.new`` makes it; no data held)."""
+    from mrcfile.mrcinterpreter import MrcInterpreter
 
-    mrcfile writes the data in one call after the 1,024-byte header. On Linux 6.x one write of
-    tens of MiB at an offset that is not a multiple of the page size costs about 10x the time of
-    the same bytes in 1 MiB calls (measured: a 66 MB particle stack 150 ms vs 19 ms of system
-    time), so the data array is written in pieces. Everything else goes to the file as is.
+    mrc = MrcInterpreter()  # the documented way to a header without a file: default attributes, then data
+    mrc._create_default_attributes()
+    mrc._set_new_data(np.broadcast_to(np.zeros((), dtype), shape))  # only its shape and dtype are read
+    mrc.update_header_from_data()
+    if len(shape) == 3:
+        if stack:
+            mrc.set_image_stack()
+        else:
+            mrc.set_volume()
+    mrc.voxel_size = pixel_size
+    # mrcfile's label carries the time of writing; a fixed one keeps outputs reproducible
+    mrc.header.label[0] = LABEL.ljust(80).encode("ascii")
+    mrc.header.nlabl = 1
+    return mrc.header
+
+
+class MrcWriter:
+    """The data of an MRC file being written by :func:`mrc_writer`, a part at a time.
+
+    The file's blocks are reserved at the start (:func:`~cryoflow.io.atomic.preallocate`) and
+    parts go out :data:`WRITE_CHUNK` bytes per call: on Linux 6.x one write of tens of MiB at an
+    offset that is not a multiple of the page size costs about 10x the time of the same bytes
+    in smaller calls (measured: a 66 MB particle stack 150 ms vs 19 ms of system time). The
+    header statistics are gathered from each part as it is written (:class:`HeaderStats`),
+    while it is still in cache.
     """
 
-    def __init__(self, stream):
-        self._stream = stream
+    def __init__(self, fh, header: np.recarray, shape: tuple[int, ...], dtype: np.dtype, path: Path):
+        self._fh, self._header, self._shape, self._dtype, self._path = fh, header, shape, dtype, path
+        self._stats = HeaderStats()
+        self._rows = 0
+        self._offset = header.nbytes  # no extended header
+        preallocate(fh.fileno(), self._offset + math.prod(shape) * dtype.itemsize)
 
-    def write(self, data) -> int:
-        if not isinstance(data, np.ndarray) or data.nbytes <= WRITE_CHUNK or not data.flags.c_contiguous:
-            return self._stream.write(data)
-        flat = data.reshape(-1).view(np.uint8)
-        for start in range(0, flat.size, WRITE_CHUNK):
-            self._stream.write(flat[start : start + WRITE_CHUNK])
-        return flat.size
+    def write(self, part: np.ndarray, values: np.ndarray | None = None) -> None:
+        """Append ``part``: ``(k, *shape[1:])`` of the file's dtype, the next ``k`` slices.
 
-    def __getattr__(self, name):
-        return getattr(self._stream, name)
+        ``values``: the same numbers in float32, when the caller has them (e.g. a float16 part
+        converted back): the statistics are taken from them instead of converting ``part``."""
+        if part.dtype != self._dtype or part.shape[1:] != self._shape[1:]:
+            raise ValueError(f"part {part.shape} {part.dtype} does not fit {self._shape} {self._dtype}")
+        if self._rows + len(part) > self._shape[0]:
+            raise ValueError(f"more than the {self._shape[0]} slices of {self._path}")
+        if values is not None and (values.dtype != np.float32 or values.shape != part.shape):
+            raise ValueError(f"values {values.shape} {values.dtype} are not part {part.shape} in float32")
+        flat = np.ascontiguousarray(part).reshape(-1)
+        self._stats.add(flat if values is None else values)
+        raw = flat.view(np.uint8)
+        for start in range(0, raw.size, WRITE_CHUNK):
+            self._offset += os.pwrite(self._fh.fileno(), raw[start : start + WRITE_CHUNK], self._offset)
+        self._rows += len(part)
+
+    def close(self) -> None:
+        """Write the header with the statistics; the data must be complete."""
+        if self._rows != self._shape[0]:
+            raise CryoflowError(self._path, f"only {self._rows} of {self._shape[0]} slices were written")
+        _set_header_stats(self._header, self._stats.result())
+        os.pwrite(self._fh.fileno(), self._header.tobytes(), 0)
 
 
-def _set_data(mrc, array: np.ndarray) -> None:
-    """``mrc.set_data(array)`` without its statistics pass (:func:`_set_header_stats` does it, once)."""
-    if hasattr(mrc, "_set_new_data") and hasattr(mrc, "update_header_from_data"):
-        mrc._close_data()
-        mrc._set_new_data(array)  # mrcfile's own set_data does this, then the header and the statistics
-        mrc.update_header_from_data()
-    else:  # pragma: no cover - another mrcfile
-        mrc.set_data(array)
-
-
-def as_float32(array: np.ndarray) -> np.ndarray:
-    """``array`` as float32: itself when it is, else a converted copy. Float16 (mode 12) is
-    converted by torch's vectorized (F16C) kernel: numpy's is about 10x slower (measured here:
-    30 ms vs 3 ms per 16.6 M values), which made every float16 particle stack's header
-    statistics cost more than cutting its particles."""
+def as_float32(array: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``array`` as float32: itself when it is, else a converted copy (into ``out``, float32 of
+    ``array``'s shape, when given). Float16 (mode 12) is converted by torch's vectorized (F16C)
+    kernel: numpy's is about 10x slower (measured here: 30 ms vs 3 ms per 16.6 M values), which
+    made every float16 particle stack's header statistics cost more than cutting its particles."""
     if array.dtype == np.float32:
         return array
     if array.dtype == np.float16 and array.dtype.isnative:
         import torch
 
-        out = np.empty(array.shape, dtype=np.float32)
+        out = np.empty(array.shape, dtype=np.float32) if out is None else out
         src, dst = np.ascontiguousarray(array).reshape(-1), out.reshape(-1)
         with warnings.catch_warnings():  # a read-only memory map is only read here
             warnings.simplefilter("ignore", UserWarning)
@@ -305,49 +351,70 @@ def as_float32(array: np.ndarray) -> np.ndarray:
             for start in range(0, src.size, 1 << 15):
                 torch.from_numpy(dst[start : start + (1 << 15)]).copy_(torch.from_numpy(src[start : start + (1 << 15)]))
         return out
+    if out is not None:
+        out[...] = array
+        return out
     return np.asarray(array, dtype=np.float32)
 
 
-def header_stats(array: np.ndarray, chunk: int = 1 << 18) -> tuple[float, float, float, float]:
-    """``(min, max, mean, rms)`` of ``array`` as MRC headers store them (rms: the standard deviation).
+class HeaderStats:
+    """``(min, max, mean, rms)`` of data seen a part at a time, as MRC headers store them (rms: the standard deviation).
 
-    One pass over memory: ``chunk`` values at a time (1 MiB of float32, in cache) give a min, a
-    max, a sum and a sum of squares, merged in float64 (Chan et al.), so no full-size temporary
-    is made. Where a chunk's mean is large beside its spread (squares mostly the mean's), its
-    squared deviations are summed about its exact mean instead, so the variance loses no digits;
-    normalized data such as particle stacks take the four fast passes. Agrees with numpy's
-    (mrcfile's) float32 figures to float rounding.
+    Each part is read in chunks of :data:`STATS_CHUNK` values (1 MiB of float32, in cache)
+    giving a min, a max, a sum and a sum of squares, merged in float64 (Chan et al.), so no
+    full-size temporary is made. Where a chunk's mean is large beside its spread (squares
+    mostly the mean's), its squared deviations are summed about its exact mean instead, so the
+    variance loses no digits; normalized data such as particle stacks take the four fast
+    passes. Agrees with numpy's (mrcfile's) float32 figures to float rounding.
     """
-    flat = array.reshape(-1)
-    n = flat.size
-    if n == 0:
-        return 0.0, -1.0, -2.0, -1.0  # mrcfile's "unknown" values
-    lows, highs, mean, m2, count = [], [], 0.0, 0.0, 0
-    for start in range(0, n, chunk):
-        part = as_float32(flat[start : start + chunk])
-        k = part.size
-        lows.append(part.min())
-        highs.append(part.max())
-        part_sum = float(np.add.reduce(part))  # pairwise float32 summation
-        part_mean = part_sum / k
-        squares = float(np.dot(part, part))
-        if part_mean * part_sum < 0.5 * squares:  # mean² below the variance: no cancellation to fear
-            part_m2 = squares - part_mean * part_sum
-        else:
-            dev = part - np.float32(part_mean)
-            part_m2 = float(np.dot(dev, dev)) - k * float(dev.mean()) ** 2  # about the exact chunk mean
-        delta = part_mean - mean
-        total = count + k
-        mean += delta * k / total
-        m2 += part_m2 + delta * delta * count * k / total
-        count = total
-    lo, hi = float(np.min(lows)), float(np.max(highs))  # NaN propagates, as in numpy
-    return lo, hi, mean, math.sqrt(max(m2, 0.0) / n)
+
+    def __init__(self):
+        self._lows: list = []
+        self._highs: list = []
+        self._mean, self._m2, self._count = 0.0, 0.0, 0
+        self._buffer = np.empty(0, np.float32)  # other dtypes converted here: no fresh memory per chunk
+
+    def add(self, values: np.ndarray) -> None:
+        flat = values.reshape(-1)
+        if flat.dtype != np.float32 and self._buffer.size < min(flat.size, STATS_CHUNK):
+            self._buffer = np.empty(min(flat.size, STATS_CHUNK), np.float32)
+        for start in range(0, flat.size, STATS_CHUNK):
+            piece = flat[start : start + STATS_CHUNK]
+            part = as_float32(piece, None if piece.dtype == np.float32 else self._buffer[: piece.size])
+            k = part.size
+            self._lows.append(part.min())
+            self._highs.append(part.max())
+            part_sum = float(np.add.reduce(part))  # pairwise float32 summation
+            part_mean = part_sum / k
+            squares = float(np.dot(part, part))
+            if part_mean * part_sum < 0.5 * squares:  # mean² below the variance: no cancellation to fear
+                part_m2 = squares - part_mean * part_sum
+            else:
+                dev = part - np.float32(part_mean)
+                part_m2 = float(np.dot(dev, dev)) - k * float(dev.mean()) ** 2  # about the exact chunk mean
+            delta = part_mean - self._mean
+            total = self._count + k
+            self._mean += delta * k / total
+            self._m2 += part_m2 + delta * delta * self._count * k / total
+            self._count = total
+
+    def result(self) -> tuple[float, float, float, float]:
+        if self._count == 0:
+            return 0.0, -1.0, -2.0, -1.0  # mrcfile's "unknown" values
+        lo, hi = float(np.min(self._lows)), float(np.max(self._highs))  # NaN propagates, as in numpy
+        return lo, hi, self._mean, math.sqrt(max(self._m2, 0.0) / self._count)
 
 
-def _set_header_stats(header, array: np.ndarray) -> None:
-    """Write dmin, dmax, dmean and rms (float32, as mrcfile) to ``header``; warn on NaN/Inf as mrcfile does."""
-    lo, hi, mean, rms = header_stats(array)
+def header_stats(array: np.ndarray) -> tuple[float, float, float, float]:
+    """``(min, max, mean, rms)`` of ``array`` as MRC headers store them (:class:`HeaderStats`)."""
+    stats = HeaderStats()
+    stats.add(array)
+    return stats.result()
+
+
+def _set_header_stats(header, stats: tuple[float, float, float, float]) -> None:
+    """Write ``(min, max, mean, rms)`` (float32, as mrcfile) to ``header``; warn on NaN/Inf as mrcfile does."""
+    lo, hi, mean, rms = stats
     if math.isnan(lo) or math.isnan(hi) or math.isnan(mean):
         warnings.warn("Data array contains NaN values", RuntimeWarning, stacklevel=3)
     elif math.isinf(lo) or math.isinf(hi):

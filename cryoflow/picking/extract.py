@@ -38,11 +38,14 @@ Speed
 Every micrograph is checked first (headers, CTF, box inside), so a bad one fails the step
 before any work. Then micrographs are cut in parallel, one per CPU thread (torch's thread
 count, at most :data:`MAX_WORKERS`; one on a GPU), each thread reading its micrograph
-(memory-mapped), cutting, flipping and normalizing the boxes a few MiB at a time (in cache;
-a box holding NaN or Inf fails the step naming the micrograph) and writing the stack, with
-its large temporaries (the binned micrograph's spectra, the stack) kept from micrograph to
-micrograph (:class:`particle_images.Workspace`); the tables are built in order in the main
-thread. ``cryoflow bench extract`` measures particles/s.
+(memory-mapped) and streaming its particles a few MiB at a time
+(:func:`particle_images.particle_chunks`): each chunk is cut, flipped, normalized, written to
+the stack file (:func:`cryoflow.io.mrc.mrc_writer`, whose header statistics are gathered from
+the chunk), added to the report's average and sampled for its gallery while it is in cache,
+so no stack is ever held whole (a box holding NaN or Inf fails the step naming the
+micrograph). Large temporaries (the binned micrograph's spectra, the chunk) are kept from
+micrograph to micrograph (:class:`particle_images.Workspace`); the tables are built in order
+in the main thread. ``cryoflow bench extract`` measures particles/s.
 
 Outputs in ``out`` (built in a temporary folder and renamed when complete)
 ---------------------------------------------------------------------------
@@ -375,7 +378,8 @@ def run_extract(
     ``float16``: stacks in 16-bit floats (MRC mode 12; half the disk and I/O, read by RELION 4+
     and cryoSPARC 4+, not by RELION 3.1). ``out`` must not exist or be empty.
     """
-    from cryoflow.io import StarTable, atomic_dir, find_image, read_info, read_micrograph, write_mrc, write_table
+    from cryoflow.io import StarTable, atomic_dir, find_image, read_info, read_micrograph, write_table
+    from cryoflow.io.mrc import mrc_writer
     from cryoflow.picking.cryosparc import particles_cs, write_cs
     from cryoflow.progress import progress
 
@@ -453,7 +457,7 @@ def run_extract(
             )
 
     take = max(1, GALLERY // max(len(order), 1))  # gallery images per micrograph
-    dtype = torch.float16 if float16 else torch.float32
+    np_dtype = np.float16 if float16 else np.float32
     local = threading.local()
 
     def cut(job: _Work) -> _Cut:
@@ -479,28 +483,25 @@ def run_extract(
                 float(phase[i]) if np.isfinite(phase[i]) else 0.0,
                 device=device,
             )[0]
-        buffer = workspace.get("stack", (len(job.x), choice.box, choice.box), dtype, device)
-        stack_t = pim.cut_particles(
-            image_t,
-            job.x,
-            job.y,
-            choice.box,
-            choice.window,
-            bg_radius,
-            flip,
-            ramp,
-            out=buffer,
-            workspace=workspace,
-            source=job.path,
-        ).cpu()
+        n, pixel_size = len(job.x), apix * choice.window / choice.box
+        total = torch.zeros(choice.box * choice.box, dtype=torch.float64)  # the report's average, summed
+        first: list[np.ndarray] = []  # the report's gallery
+        args = (choice.box, choice.window, bg_radius, flip, ramp)
+        chunks = pim.particle_chunks(image_t, job.x, job.y, *args, workspace=workspace, source=job.path)
+        shape = (n, choice.box, choice.box)
+        with mrc_writer(tmp / stack_name(job.name), shape, pixel_size, stack=True, dtype=np_dtype) as writer:
+            for chunk in chunks:  # each written, summed and sampled while in cache
+                chunk = chunk.cpu()
+                stored = chunk
+                if float16:  # the values as stored (rounded) kept in float32 for the statistics, sum and gallery
+                    stored = workspace.get("half", chunk.shape, torch.float16).copy_(chunk)
+                    chunk.copy_(stored)
+                writer.write(stored.numpy(), values=chunk.numpy())
+                total += (torch.ones(1, len(chunk)) @ chunk.reshape(len(chunk), -1))[0]
+                if len(first) < take:
+                    first.extend(chunk[: take - len(first)].numpy().copy())  # copies: the buffer is reused
         del image, image_t
-        stack = stack_t.numpy()
-        write_mrc(tmp / stack_name(job.name), stack, apix * choice.window / choice.box, stack=True, dtype=stack.dtype)
-        flat = stack_t.reshape(len(stack_t), -1)
-        # the average image's sum, 32 images at a time: a float16 stack's float32 copy of each part
-        # then stays a few MiB (256 at a time: 85 MB of fresh memory per micrograph, 10x slower)
-        total = sum(torch.ones(1, len(part)) @ part.float() for part in flat.split(32)).reshape(choice.box, choice.box)
-        return _Cut(len(stack_t), total.double(), stack_t[:take].float().numpy().copy())  # copies: the buffer is reused
+        return _Cut(n, total.reshape(choice.box, choice.box), np.asarray(first, dtype=np.float32))
 
     # micrographs cut in parallel, one per thread (each thread's torch work on one core), results in order
     workers = max(1, min(torch.get_num_threads(), MAX_WORKERS, len(work))) if device.type == "cpu" else 1
