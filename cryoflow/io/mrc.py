@@ -1,4 +1,8 @@
-"""Micrographs and particle stacks in MRC format (read and written with ``mrcfile``).
+"""Micrographs and particle stacks in MRC format: read with ``mrcfile``, written with its headers.
+
+Writing (:func:`write_mrc`, :func:`mrc_writer`) streams the data to the file a part at a time
+and writes mrcfile's header last, with the statistics gathered on the way: a particle stack
+need never be held whole, and the bytes are those ``mrcfile.new`` writes.
 
 Conventions
 -----------
@@ -319,9 +323,13 @@ class MrcWriter:
             raise ValueError(f"values {values.shape} {values.dtype} are not part {part.shape} in float32")
         flat = np.ascontiguousarray(part).reshape(-1)
         self._stats.add(flat if values is None else values)
-        raw = flat.view(np.uint8)
-        for start in range(0, raw.size, WRITE_CHUNK):
-            self._offset += os.pwrite(self._fh.fileno(), raw[start : start + WRITE_CHUNK], self._offset)
+        raw, done = flat.view(np.uint8), 0
+        while done < raw.size:
+            written = os.pwrite(self._fh.fileno(), raw[done : done + WRITE_CHUNK], self._offset)
+            if written <= 0:  # a short write is continued; none at all means the disk is full
+                raise CryoflowError(self._path, f"could not write (wrote {self._offset} bytes; disk full?)")
+            done += written
+            self._offset += written
         self._rows += len(part)
 
     def close(self) -> None:
