@@ -270,8 +270,8 @@ def normalize_background(
     Passes over the batch: the fit's moments (one matrix product: a read), the plane
     subtracted as its two separable parts, ``a + c y`` along the rows and ``b x`` along the
     columns (two broadcast subtractions, reads and writes; a matrix product with the
-    ``(B², 3)`` design took 1.7x as long), the background variance (squares taken a few images
-    at a time into a small buffer of ``workspace``, then a matrix-vector product) and the
+    ``(B², 3)`` design took 1.7x as long), the background variance (squares into a buffer of
+    ``workspace``, 4 MiB at a time, then a matrix-vector product) and the
     scaling (in place). Called on a few MiB at a time (:func:`particle_chunks`) every pass runs
     in cache. The fixed matrices are cached per box size.
     """
@@ -283,7 +283,7 @@ def normalize_background(
     if ramp:
         result.sub_((coeffs[:, 1:2] * r)[:, None, :])  # b x
     flat = result.reshape(n, -1)
-    step = max(1, (1 << 18) // (box * box))  # ~1 MiB of squares at a time
+    step = max(1, (1 << 20) // (box * box))  # ~4 MiB of squares at a time
     squares = (workspace or Workspace()).get("squares", (min(step, n), box * box), result.dtype, result.device)
     var = torch.empty(n, dtype=result.dtype, device=result.device)
     for s in range(0, n, step):
