@@ -40,7 +40,7 @@ before any work. Then micrographs are cut in parallel, one per CPU thread (torch
 count, at most :data:`MAX_WORKERS`; one on a GPU), each thread reading its micrograph
 (memory-mapped) and streaming its particles a few MiB at a time
 (:func:`particle_images.particle_chunks`): each chunk is cut, flipped, normalized, written to
-the stack file (:func:`cryoflow.io.mrc.mrc_writer`, whose header statistics are gathered from
+the stack file (:func:`cryoflow.io.mrc_writer`, whose header statistics are gathered from
 the chunk), added to the report's average and sampled for its gallery while it is in cache,
 so no stack is ever held whole (a box holding NaN or Inf fails the step naming the
 micrograph). Large temporaries (the binned micrograph's spectra, the chunk) are kept from
@@ -378,8 +378,7 @@ def run_extract(
     ``float16``: stacks in 16-bit floats (MRC mode 12; half the disk and I/O, read by RELION 4+
     and cryoSPARC 4+, not by RELION 3.1). ``out`` must not exist or be empty.
     """
-    from cryoflow.io import StarTable, atomic_dir, find_image, read_info, read_micrograph, write_table
-    from cryoflow.io.mrc import mrc_writer
+    from cryoflow.io import StarTable, atomic_dir, find_image, mrc_writer, read_info, read_micrograph, write_table
     from cryoflow.picking.cryosparc import particles_cs, write_cs
     from cryoflow.progress import progress
 
