@@ -372,25 +372,3 @@ def particle_chunks(
         if flip_sign is not None:
             boxes.copy_(torch.fft.irfft2(torch.fft.rfft2(boxes) * flip_sign, s=(box, box)))
         yield normalize_background(boxes, bg_radius, ramp=ramp, scale=-1.0, out=boxes, workspace=workspace)
-
-
-def cut_particles(
-    image: torch.Tensor,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    box: int,
-    window: int,
-    bg_radius: float,
-    flip_sign: torch.Tensor | None = None,
-    ramp: bool = True,
-    max_pixels: int = 1 << 20,
-    workspace: Workspace | None = None,
-    source=None,
-) -> torch.Tensor:
-    """All particle images of :func:`particle_chunks` (same arguments) in one ``(N, box, box)`` float32 tensor."""
-    out = torch.empty(len(x), box, box, dtype=torch.float32, device=image.device)
-    done = 0
-    for chunk in particle_chunks(image, x, y, box, window, bg_radius, flip_sign, ramp, max_pixels, workspace, source):
-        out[done : done + len(chunk)] = chunk
-        done += len(chunk)
-    return out
