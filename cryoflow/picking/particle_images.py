@@ -271,9 +271,9 @@ def normalize_background(
     subtracted as its two separable parts, ``a + c y`` along the rows and ``b x`` along the
     columns (two broadcast subtractions, reads and writes; a matrix product with the
     ``(B², 3)`` design took 1.7x as long), the background variance (squares into a buffer of
-    ``workspace``, 4 MiB at a time, then a matrix-vector product) and the
-    scaling (in place). Called on a few MiB at a time (:func:`particle_chunks`) every pass runs
-    in cache. The fixed matrices are cached per box size.
+    ``workspace``, 4 MiB at a time, then a matrix-vector product) and the scaling (in place).
+    Called on a few MiB at a time (:func:`particle_chunks`) every pass runs in cache. The fixed
+    matrices are cached per box size.
     """
     n, box, _ = images.shape
     mask, r, weighted_t, gram = _background_model(box, float(bg_radius), ramp, images.dtype, images.device)
@@ -347,7 +347,7 @@ def particle_chunks(
     *binned* pixel of the box centre (half a micrograph pixel without binning). ``flip_sign``:
     ``(box, box // 2 + 1)`` sign map of the output box (:func:`ctf_sign` at the output pixel
     size; the frequencies of the window's grid below the binned Nyquist) multiplied into each
-    box's spectrum (phase flipping, per box as before). ``workspace`` keeps the large
+    box's spectrum (phase flipping). ``workspace`` keeps the large
     temporaries between micrographs. A box holding NaN or Inf (with binning: any such value in
     the micrograph, which the transforms spread) raises a :class:`CryoflowError` naming
     ``source`` (the micrograph's path).
