@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import mrcfile
 import numpy as np
 import pytest
@@ -112,8 +114,9 @@ def test_preallocate_keeps_the_size(tmp_path):
         fh.write(b"abc")
         done = preallocate(fh.fileno(), 1 << 20)
     assert path.read_bytes() == b"abc"  # the size is what was written
-    if sys.platform == "linux" and done:
-        assert os.stat(path).st_blocks * 512 >= 1 << 20  # the blocks are reserved
+    if not done:
+        pytest.skip(f"fallocate is not available here ({sys.platform}, {tmp_path})")
+    assert os.stat(path).st_blocks * 512 >= 1 << 20  # the blocks are reserved
 
 
 @pytest.mark.parametrize(
@@ -155,7 +158,7 @@ def test_files_are_mrcfiles_own(tmp_path, shape, dtype, stack, name):
                 assert header[field] == pytest.approx(want[field], rel=1e-5), field
             else:
                 assert np.all(header[field] == want[field]), field
-        assert mrcfile.validate(path, print_file=open(tmp_path / "validation.txt", "w"))
+        assert mrcfile.validate(path, print_file=io.StringIO())
 
 
 def test_incomplete_writer_leaves_nothing(tmp_path):
