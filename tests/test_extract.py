@@ -432,3 +432,32 @@ def test_background_normalization_matches_least_squares(ramp):
     np.testing.assert_allclose(result, np.stack(expected), atol=2e-4)
     in_place = normalize_background(batch, bg_radius, ramp=ramp, scale=-1.0, out=batch).numpy()
     np.testing.assert_allclose(in_place, result, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("shape", "box", "window"),
+    [
+        ((96, 128), 16, 32),  # by 2, even sides: halve
+        ((128, 96), 16, 64),  # by 4
+        ((90, 120), 32, 48),  # by 1.5
+        ((63, 70), 16, 32),  # by 2, an odd side: padded with the mean
+    ],
+)
+def test_bin_micrograph_is_a_separable_fourier_crop(shape, box, window):
+    """Binning agrees with numpy in float64: pad with the mean to padded_size, then along each axis
+    irfft(rfft(x)[: m // 2 + 1], m) * m / n (the new Nyquist keeps the real part)."""
+    from cryoflow.picking import particle_images as pim
+
+    rng = np.random.default_rng(4)
+    image = (3 + rng.standard_normal(shape)).astype(np.float32)
+    hp, wp = pim.padded_size(shape[0], box, window), pim.padded_size(shape[1], box, window)
+    expected = np.full((hp, wp), image.astype(np.float64).mean())
+    expected[: shape[0], : shape[1]] = image
+    for axis in (1, 0):
+        n = expected.shape[axis]
+        m = n * box // window
+        spectrum = np.take(np.fft.rfft(expected, axis=axis), np.arange(m // 2 + 1), axis=axis)
+        expected = np.fft.irfft(spectrum, n=m, axis=axis) * (m / n)
+    binned = pim.bin_micrograph(torch.from_numpy(image), box, window).numpy()
+    assert binned.shape == expected.shape
+    assert np.abs(binned - expected).max() < 1e-5 * np.abs(expected).max()

@@ -7,7 +7,16 @@ the file.
 
 from cryoflow.io.atomic import atomic_dir, atomic_path, write_bytes, write_text
 from cryoflow.io.micrographs import MicrographSet, find_image, find_micrographs, rebase_image_names
-from cryoflow.io.mrc import MRCInfo, ParticleStack, mrc_writer, open_stack, read_info, read_micrograph, write_mrc
+from cryoflow.io.mrc import (
+    MRCInfo,
+    ParticleStack,
+    mrc_writer,
+    open_stack,
+    prefetch,
+    read_info,
+    read_micrograph,
+    write_mrc,
+)
 from cryoflow.io.star import (
     StarTable,
     make_optics,
@@ -31,6 +40,7 @@ __all__ = [
     "make_optics",
     "mrc_writer",
     "open_stack",
+    "prefetch",
     "read_blocks",
     "read_info",
     "read_micrograph",

@@ -137,6 +137,30 @@ def _check_finite(path: Path, data: np.ndarray, what: str = "data") -> None:
         raise CryoflowError(path, f"{what} contain {n_bad} NaN or Inf values")
 
 
+def prefetch(path: str | os.PathLike) -> bool:
+    """Ask the kernel to read ``path`` into the page cache in the background; ``True`` if asked.
+
+    ``posix_fadvise(WILLNEED)``: the file is read ahead in large sequential requests while
+    the caller works on something else, so a later memory-mapped read (pages touched out of
+    order, as boxes are cut) finds it in memory instead of faulting on the disk a few pages at a
+    time. Advisory: a missing file or a platform without the call does nothing.
+    """
+    advise = getattr(os, "posix_fadvise", None)
+    if advise is None:
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        advise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
 def read_micrograph(
     path: str | os.PathLike, pixel_size: float | None = None, mmap: bool = False, check_finite: bool = True
 ) -> tuple[np.ndarray, float]:

@@ -334,13 +334,17 @@ class _Cut:
     first: np.ndarray  # the first few particle images (the report's gallery)
 
 
-def _in_order(pool: ThreadPoolExecutor, fn, items: list, ahead: int):
+def _in_order(pool: ThreadPoolExecutor, fn, items: list, ahead: int, prepare=None):
     """``fn(item)`` for each item, run on ``pool`` with at most ``ahead`` in flight; results in order.
 
-    The first failure raises here and the items not yet started are cancelled."""
+    ``prepare(item)``, if given, is called here as each item is submitted (``ahead`` items
+    before its results are wanted). The first failure raises here and the items not yet
+    started are cancelled."""
     pending: deque = deque()
     try:
         for item in items:
+            if prepare is not None:
+                prepare(item)
             pending.append(pool.submit(fn, item))
             if len(pending) >= ahead:
                 yield pending.popleft().result()
@@ -378,7 +382,16 @@ def run_extract(
     ``float16``: stacks in 16-bit floats (MRC mode 12; half the disk and I/O, read by RELION 4+
     and cryoSPARC 4+, not by RELION 3.1). ``out`` must not exist or be empty.
     """
-    from cryoflow.io import StarTable, atomic_dir, find_image, mrc_writer, read_info, read_micrograph, write_table
+    from cryoflow.io import (
+        StarTable,
+        atomic_dir,
+        find_image,
+        mrc_writer,
+        prefetch,
+        read_info,
+        read_micrograph,
+        write_table,
+    )
     from cryoflow.picking.cryosparc import particles_cs, write_cs
     from cryoflow.progress import progress
 
@@ -511,7 +524,12 @@ def run_extract(
                 torch.set_num_threads(1)
             for job, done in zip(
                 work,
-                progress(_in_order(pool, cut, work, 2 * workers), desc="extract", unit="mic", total=len(work)),
+                progress(
+                    _in_order(pool, cut, work, 2 * workers, lambda job: prefetch(job.path)),
+                    desc="extract",
+                    unit="mic",
+                    total=len(work),
+                ),
                 strict=True,
             ):
                 i, name = job.index, job.name

@@ -171,7 +171,7 @@ def padded_size(n: int, box: int, window: int) -> int:
 
 
 def bin_micrograph(image: torch.Tensor, box: int, window: int, workspace: Workspace | None = None) -> torch.Tensor:
-    """Fourier-bin a whole micrograph by ``window / box``, as :func:`fourier_crop` bins each box.
+    """Fourier-bin a whole micrograph by ``window / box``: keep the frequencies below the binned Nyquist.
 
     ``image``: ``(H, W)``. The micrograph is padded at its far edges with its mean to
     :func:`padded_size` ``(H', W')`` and Fourier-cropped to ``(H' p / q, W' p / q)``
@@ -179,28 +179,35 @@ def bin_micrograph(image: torch.Tensor, box: int, window: int, workspace: Worksp
     ``(j q / p, i q / p)``, and the pixel size becomes ``pixel size x window / box``. Values are
     scaled by ``(p / q)²`` so the mean is kept.
 
-    Separable, in blocks of ``ROW_BLOCK`` rows or columns (each block's transform is small and
-    stays in cache): a real FFT along x keeps only the columns below the binned Nyquist (stored
-    transposed, so that the transforms along y run over contiguous memory); the FFT along y, the
-    crop of rows and the inverse FFT along y, a block of columns at a time; the inverse real FFT
-    along x. Padding with the mean is done without a padded copy: the mean is
-    subtracted, the transform zero-pads, and the mean is added back to the zero frequency.
-    ``workspace`` keeps the large spectra between calls (no fresh memory to fault in for every
-    micrograph); the result is a buffer of ``workspace`` when one is given.
+    The crop is separable and real along each axis, as ``numpy.fft.irfft(rfft(row)[: m // 2 + 1], m)``
+    crops a row: the new Nyquist frequency keeps the real part of the old spectrum there (the
+    same along x and y). Binning by exactly 2 (even sides) is :func:`halve` (no padding);
+    other factors transform the whole micrograph, in blocks of ``ROW_BLOCK`` rows or columns
+    (each block's transform is small and stays in cache): a real FFT along x keeps only the
+    columns below the binned Nyquist (stored transposed, so that the transforms along y run
+    over contiguous memory); the FFT along y, the crop of rows and the inverse FFT along y, a
+    block of columns at a time; the inverse real FFT along x. Padding with the mean is done
+    without a padded copy: the mean is subtracted, the transform zero-pads, and the mean is
+    added back to the zero frequency. ``workspace`` keeps the large spectra between calls (no
+    fresh memory to fault in for every micrograph); the result is a buffer of ``workspace``
+    when one is given.
     """
     g = math.gcd(box, window)
     p, q = box // g, window // g
     h, w = image.shape
+    workspace = workspace or Workspace()
+    if (p, q) == (1, 2) and h % 2 == 0 and w % 2 == 0:
+        return halve(image, workspace)
     hp, wp = padded_size(h, box, window), padded_size(w, box, window)
     mh, mw = hp * p // q, wp * p // q
     keep = mw // 2 + 1
-    workspace = workspace or Workspace()
-    mean = float(image.mean(dtype=torch.float32))  # a cascade sum: float32 is accurate here
+    padded = (hp, wp) != (h, w)
+    mean = float(image.mean(dtype=torch.float32)) if padded else 0.0  # a cascade sum: float32 is accurate here
     # the x transforms stored transposed (frequency x, then y), so the y transforms run along rows
     columns = workspace.get("bin_columns", (keep, hp), torch.complex64, image.device)
     for r in range(0, h, ROW_BLOCK):
-        rows = image[r : r + ROW_BLOCK].float() - mean
-        columns[:, r : r + len(rows)] = torch.fft.rfft(rows, n=wp, dim=1)[:, :keep].T
+        rows = image[r : r + ROW_BLOCK].float()
+        columns[:, r : r + len(rows)] = torch.fft.rfft(rows - mean if padded else rows, n=wp, dim=1)[:, :keep].T
     columns[:, h:] = 0
     binned = workspace.get("bin_binned", (keep, mh), torch.complex64, image.device)
     half, scale = mh // 2, (mh * mw) / (hp * wp)
@@ -211,12 +218,53 @@ def bin_micrograph(image: torch.Tensor, box: int, window: int, workspace: Worksp
         block = binned[c : c + ROW_BLOCK]
         if mh < hp:
             block[:, :half], block[:, half:] = spectrum[:, :half], spectrum[:, hp - half :]
+            block[:, half] += spectrum[:, half]  # the new Nyquist: the mean of +-f, the real part along y
+            block[:, half] *= 0.5
         else:
             block.copy_(spectrum)
         block.copy_(torch.fft.ifft(block.mul_(scale), dim=1))
     out = workspace.get("bin_image", (mh, mw), torch.float32, image.device)
     for r in range(0, mh, ROW_BLOCK):
         out[r : r + ROW_BLOCK] = torch.fft.irfft(binned[:, r : r + ROW_BLOCK].T, n=mw, dim=1)
+    return out
+
+
+@functools.lru_cache(maxsize=16)
+def _half_pixel_shift(m: int, device: torch.device) -> torch.Tensor:
+    """``exp(-i pi f / m) / 2`` for the ``m // 2 + 1`` frequencies ``f`` of an ``rfft`` of length ``m``."""
+    f = torch.arange(m // 2 + 1, dtype=torch.float64)
+    return (0.5 * torch.polar(torch.ones_like(f), -math.pi * f / m)).to(torch.complex64).to(device)
+
+
+def halve(image: torch.Tensor, workspace: Workspace | None = None) -> torch.Tensor:
+    """Fourier-bin ``image`` ``(H, W)`` (even sides) by 2: ``(H / 2, W / 2)``, as :func:`bin_micrograph` bins.
+
+    Along each axis, the crop of a length-``n`` spectrum to its ``m = n / 2`` lowest
+    frequencies is, split into even and odd samples, the mean of the even samples and the
+    odd ones moved back by half a sample (``irfft(rfft(odd) exp(-i pi f / m), m)``): one
+    transform pair of half length on half the data instead of a full-length transform of all
+    of it (measured on a 4096² micrograph, one core: 50 ms instead of 70). Along x in blocks
+    of ``ROW_BLOCK`` rows, along y in blocks of ``ROW_BLOCK`` columns (transforms along dim 0;
+    a strided store of the result would be slow, so torch's transposed result is written to a
+    contiguous buffer first). The result is a buffer of ``workspace``.
+    """
+    workspace = workspace or Workspace()
+    h, w = image.shape
+    mh, mw = h // 2, w // 2
+    shift = _half_pixel_shift(mw, image.device)
+    rows = workspace.get("halve_rows", (h, mw), torch.float32, image.device)  # binned along x
+    for r in range(0, h, ROW_BLOCK):
+        block = image[r : r + ROW_BLOCK].float()
+        odd = torch.fft.irfft(torch.fft.rfft(block[:, 1::2], dim=1).mul_(shift), n=mw, dim=1)
+        torch.add(odd, block[:, 0::2], alpha=0.5, out=rows[r : r + ROW_BLOCK])
+    shift = _half_pixel_shift(mh, image.device)[:, None]
+    out = workspace.get("bin_image", (mh, mw), torch.float32, image.device)
+    for c in range(0, mw, ROW_BLOCK):
+        k = min(ROW_BLOCK, mw - c)
+        odd = workspace.get("halve_odd", (mh, k), torch.float32, image.device).copy_(rows[1::2, c : c + k])
+        spectrum = torch.fft.rfft(odd, dim=0).mul_(shift)
+        torch.fft.irfft(spectrum, n=mh, dim=0, out=odd)
+        torch.add(odd, rows[0::2, c : c + k], alpha=0.5, out=out[:, c : c + k])
     return out
 
 
@@ -349,12 +397,14 @@ def particle_chunks(
     size; the frequencies of the window's grid below the binned Nyquist) multiplied into each
     box's spectrum (phase flipping). ``workspace`` keeps the large
     temporaries between micrographs. A box holding NaN or Inf (with binning: any such value in
-    the micrograph, which the transforms spread) raises a :class:`CryoflowError` naming
+    the micrograph, checked on the binned micrograph) raises a :class:`CryoflowError` naming
     ``source`` (the micrograph's path).
     """
     workspace = workspace or Workspace()
     if box != window:
         image = bin_micrograph(image, box, window, workspace)
+        if not torch.isfinite(image.sum()):  # every NaN or Inf of the micrograph lands in the binned image
+            raise CryoflowError(source, "data contain NaN or Inf values (binning spreads them into the particles)")
         x0, y0 = binned_starts(x, box, window), binned_starts(y, box, window)
         # never needed when the window fits (the rounding keeps the binned box inside); a safeguard
         x0 = x0.clamp(0, image.shape[1] - box)
