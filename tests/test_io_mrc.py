@@ -119,6 +119,19 @@ def test_preallocate_keeps_the_size(tmp_path):
     assert os.stat(path).st_blocks * 512 >= 1 << 20  # the blocks are reserved
 
 
+def test_prefetch_is_advice_only(tmp_path):
+    """prefetch asks the kernel to read a file ahead where it can, and never fails: a missing file is False."""
+    import os
+
+    from cryoflow.io import prefetch
+
+    path = tmp_path / "mic.mrc"
+    write_mrc(path, np.arange(64 * 64, dtype=np.float32).reshape(64, 64), 1.0)
+    assert prefetch(path) is hasattr(os, "posix_fadvise")
+    assert prefetch(tmp_path / "missing.mrc") is False
+    assert np.array_equal(read_micrograph(path)[0].ravel(), np.arange(64 * 64))
+
+
 @pytest.mark.parametrize(
     "shape, dtype, stack, name",
     [

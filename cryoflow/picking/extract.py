@@ -38,7 +38,8 @@ Speed
 Every micrograph is checked first (headers, CTF, box inside), so a bad one fails the step
 before any work. Then micrographs are cut in parallel, one per CPU thread (torch's thread
 count, at most :data:`MAX_WORKERS`; one on a GPU), each thread reading its micrograph
-(memory-mapped) and streaming its particles a few MiB at a time
+(memory-mapped; the kernel is asked to read each file ahead when its micrograph is queued,
+:func:`cryoflow.io.prefetch`) and streaming its particles a few MiB at a time
 (:func:`particle_images.particle_chunks`): each chunk is cut, flipped, normalized, written to
 the stack file (:func:`cryoflow.io.mrc_writer`, whose header statistics are gathered from
 the chunk), added to the report's average and sampled for its gallery while it is in cache,
@@ -544,24 +545,20 @@ def run_extract(
                     captions.extend(f"{Path(name).stem} #{j + 1}" for j in range(len(first)))
                 rel = stack_name(name)
                 kept = job.picks
-                frame = pd.DataFrame(
-                    {
-                        "rlnImageName": [f"{j + 1:06d}@{rel}" for j in range(done.n)],
-                        "rlnMicrographName": name,
-                        "rlnCoordinateX": kept["rlnCoordinateX"].to_numpy(float),
-                        "rlnCoordinateY": kept["rlnCoordinateY"].to_numpy(float),
-                    }
-                )
+                columns = {  # one DataFrame from all its columns: a third of the time of adding them one by one
+                    "rlnImageName": [f"{j + 1:06d}@{rel}" for j in range(done.n)],
+                    "rlnMicrographName": name,
+                    "rlnCoordinateX": kept["rlnCoordinateX"].to_numpy(float),
+                    "rlnCoordinateY": kept["rlnCoordinateY"].to_numpy(float),
+                }
                 for c in CTF_COLUMNS + OPTIONAL_CTF:
                     if c in table:
-                        frame[c] = table[c].iloc[i]
+                        columns[c] = table[c].iloc[i]
                     elif c == "rlnPhaseShift":
-                        frame[c] = 0.0
-                frame["rlnOpticsGroup"] = group
-                for c in kept.columns:
-                    if is_carried(c):
-                        frame[c] = kept[c].to_numpy()
-                particle_frames.append(frame)
+                        columns[c] = 0.0
+                columns["rlnOpticsGroup"] = group
+                columns.update({c: kept[c].to_numpy() for c in kept.columns if is_carried(c)})
+                particle_frames.append(pd.DataFrame(columns))
         finally:
             torch.set_num_threads(threads)
         seconds = time.perf_counter() - t0
