@@ -103,22 +103,6 @@ def test_atomic_write_creates_a_fresh_file_with_the_usual_permissions(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["a.mrcs", "reference"]
 
 
-def test_preallocate_keeps_the_size(tmp_path):
-    import os
-    import sys
-
-    from cryoflow.io.atomic import preallocate
-
-    path = tmp_path / "f"
-    with open(path, "wb") as fh:
-        fh.write(b"abc")
-        done = preallocate(fh.fileno(), 1 << 20)
-    assert path.read_bytes() == b"abc"  # the size is what was written
-    if not done:
-        pytest.skip(f"fallocate is not available here ({sys.platform}, {tmp_path})")
-    assert os.stat(path).st_blocks * 512 >= 1 << 20  # the blocks are reserved
-
-
 def test_prefetch_is_advice_only(tmp_path):
     """prefetch asks the kernel to read a file ahead where it can, and never fails: a missing file is False."""
     import os
