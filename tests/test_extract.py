@@ -461,3 +461,19 @@ def test_bin_micrograph_is_a_separable_fourier_crop(shape, box, window):
     binned = pim.bin_micrograph(torch.from_numpy(image), box, window).numpy()
     assert binned.shape == expected.shape
     assert np.abs(binned - expected).max() < 1e-5 * np.abs(expected).max()
+
+
+def test_bench_extract_runs_every_configuration(capsys):
+    """`cryoflow bench extract` at a tiny size: every configuration (in memory and from disk) runs,
+    drops what geometry says and normalizes the background to mean 0, std 1."""
+    from cryoflow.picking.extract_bench import CONFIGS, main
+
+    figures = main(["--size", "512", "--micrographs", "1", "--repeat", "2", "--runs", "1", "--diameter", "60"])
+    assert list(figures["configs"]) == [label for label, _, _ in CONFIGS]
+    counts = {row["n_particles"] for row in figures["configs"].values()}
+    assert len(counts) == 1 and counts.pop() > 0
+    for row in figures["configs"].values():
+        assert row["dropped_at_edges"] == row["expected_dropped"]
+        assert abs(row["bg_mean"]) < 0.05 and abs(row["bg_std"] - 1) < 0.05
+        assert row["particles_per_second"] > 0 and row["micrograph_MB_per_second"] > 0
+    assert "from disk" in capsys.readouterr().out
