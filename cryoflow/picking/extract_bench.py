@@ -6,9 +6,10 @@ with about 300 particles of a 150 Å procedural species each (``cryoflow.simulat
 long run rather than the first micrographs' one-time costs: buffers, caches), writes a
 micrographs STAR (true CTF) and the true coordinates, then runs :func:`run_extract` in a few
 configurations (automatic box; the same in float16; ``--bin 2``; ``--bin 4 --phase-flip``;
-the automatic box again with the micrographs on disk), each ``--runs`` times (default 5: on
-this VM the rate of the same run varies by ±30 %), and prints for each the median and the
-range of particles/s, the micrographs read and the stacks written in MB/s, and the checks:
+the automatic box again with the micrographs on disk) in ``--runs`` rounds (default 5; one
+run of each configuration per round, so a slow spell of the machine hits all of them: on a
+VM the rate of the same run can vary twofold), printing each round's rates, then for each
+configuration the median and the range of particles/s, the micrographs read and the stacks written in MB/s, and the checks:
 particles dropped at the edges equal to what geometry says, the background ring's mean (≈ 0)
 and standard deviation (≈ 1), and the offset of the average particle's centre of mass from
 the box centre (target < 1 px).
@@ -207,46 +208,51 @@ def main(argv: list[str] | None = None) -> dict:
         truth = read_table(truth_path, "particles").table
         files = [tmp / name for name in read_table(mics, "micrographs").table["rlnMicrographName"]]
         input_bytes = sum(f.stat().st_size for f in files)
+        rates: dict[str, list[float]] = {label: [] for label, _, _ in CONFIGS}
+        summaries: dict[str, dict] = {}
+        checks: dict[str, dict] = {}
+        for run in range(max(1, args.runs)):  # rounds over the configurations: the machine's slow spells hit them all
+            for i, (label, options, cached) in enumerate(CONFIGS):
+                out = tmp / f"out{i}_{run}"
+                os.sync()  # not timed: the inputs and earlier outputs are on disk, not being flushed meanwhile
+                set_cached(files, cached)
+                s = summaries[label] = run_extract(
+                    mics, truth_path, out, diameter=args.diameter, device=args.device, report=False, **options
+                )
+                rates[label].append(s["particles_per_second"])
+                if run == 0:
+                    checks[label] = stack_checks(out, BG_DIAMETER_FRACTION * s["box"] / 2)
+                shutil.rmtree(out)  # gigabytes of stacks: checked, not kept
+            print(f"round {run + 1}: " + " / ".join(f"{r[-1]:.0f}" for r in rates.values()) + " particles/s")
         print(
             f"{'config':<22}{'box':>5}{'bin':>5}{'particles':>10}{'p/s':>9}{'range':>13}{'in MB/s':>8}{'out MB/s':>9}"
             f"{'dropped':>8}{'expected':>9}{'bg mean':>9}{'bg std':>8}{'centre px':>10}"
         )
-        for i, (label, options, cached) in enumerate(CONFIGS):
-            rates = []
-            for run in range(max(1, args.runs)):
-                out = tmp / f"out{i}_{run}"
-                os.sync()  # not timed: the inputs and earlier outputs are on disk, not being flushed meanwhile
-                set_cached(files, cached)
-                s = run_extract(
-                    mics, truth_path, out, diameter=args.diameter, device=args.device, report=False, **options
-                )
-                rates.append(s["particles_per_second"])
-                if run == 0:
-                    checks = stack_checks(out, BG_DIAMETER_FRACTION * s["box"] / 2)
-                shutil.rmtree(out)  # gigabytes of stacks: checked, not kept
+        for label, options, cached in CONFIGS:
+            s, check, runs = summaries[label], checks[label], rates[label]
             drops = expected_drops(truth, s["window"], (args.size, args.size))
             row = {
                 "box": s["box"],
                 "bin": s["bin"],
                 "window": s["window"],
                 "n_particles": s["n_particles"],
-                "particles_per_second": float(np.median(rates)),
-                "particles_per_second_runs": rates,
+                "particles_per_second": float(np.median(runs)),
+                "particles_per_second_runs": runs,
                 "micrographs_cached": cached,
                 "dropped_at_edges": s["dropped_at_edges"],
                 "expected_dropped": drops,
-                **checks,
+                **check,
             }
             figures["configs"][label] = row
-            spread = f"{min(rates):.0f}-{max(rates):.0f}"
+            spread = f"{min(runs):.0f}-{max(runs):.0f}"
             item = 2 if options.get("float16") else 4
             row["stack_MB_per_second"] = row["particles_per_second"] * s["box"] ** 2 * item / 1e6
             row["micrograph_MB_per_second"] = row["particles_per_second"] * input_bytes / s["n_particles"] / 1e6
             print(
                 f"{label:<22}{s['box']:>5}{s['bin']:>5g}{s['n_particles']:>10}{row['particles_per_second']:>9.0f}"
                 f"{spread:>13}{row['micrograph_MB_per_second']:>8.0f}{row['stack_MB_per_second']:>9.0f}"
-                f"{s['dropped_at_edges']:>8}{drops:>9}{checks['bg_mean']:>9.3f}{checks['bg_std']:>8.3f}"
-                f"{checks['centre_offset_px']:>10.2f}"
+                f"{s['dropped_at_edges']:>8}{drops:>9}{check['bg_mean']:>9.3f}{check['bg_std']:>8.3f}"
+                f"{check['centre_offset_px']:>10.2f}"
             )
     rates = [c["particles_per_second"] for c in figures["configs"].values() if c["micrographs_cached"]]
     print(
