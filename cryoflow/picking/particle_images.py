@@ -248,8 +248,10 @@ def halve(image: torch.Tensor, workspace: Workspace | None = None) -> torch.Tens
     a strided store of the result would be slow, so torch's transposed result is written to a
     contiguous buffer first). The result is a buffer of ``workspace``.
     """
-    workspace = workspace or Workspace()
     h, w = image.shape
+    if h % 2 or w % 2:
+        raise ValueError(f"halve needs even sides, got {h} x {w}")
+    workspace = workspace or Workspace()
     mh, mw = h // 2, w // 2
     shift = _half_pixel_shift(mw, image.device)
     rows = workspace.get("halve_rows", (h, mw), torch.float32, image.device)  # binned along x
