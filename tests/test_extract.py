@@ -463,6 +463,23 @@ def test_bin_micrograph_is_a_separable_fourier_crop(shape, box, window):
     assert np.abs(binned - expected).max() < 1e-5 * np.abs(expected).max()
 
 
+def test_fourier_crop_of_boxes_is_the_same_separable_crop():
+    """Per-box binning (extraction's process_boxes, 2D classification's reader) crops as the whole
+    micrograph is binned: numpy's irfft(rfft(x)[: m // 2 + 1], m) along each axis."""
+    from cryoflow.classify2d.data import fourier_crop as crop_images
+    from cryoflow.picking import particle_images as pim
+
+    images = np.random.default_rng(5).standard_normal((3, 48, 48)).astype(np.float32)
+    expected = images.astype(np.float64)
+    for axis in (2, 1):
+        spectrum = np.take(np.fft.rfft(expected, axis=axis), np.arange(32 // 2 + 1), axis=axis)
+        expected = np.fft.irfft(spectrum, n=32, axis=axis) * (32 / 48)
+    spectrum = torch.fft.rfft2(torch.from_numpy(images))
+    cropped = torch.fft.irfft2(pim.fourier_crop(spectrum, 48, 32), s=(32, 32)).numpy()
+    assert np.abs(cropped - expected).max() < 1e-5
+    assert np.abs(crop_images(images, 32) - expected).max() < 1e-5
+
+
 def test_bench_extract_runs_every_configuration(capsys):
     """`cryoflow bench extract` at a tiny size: every configuration (in memory and from disk) runs,
     drops what geometry says and normalizes the background to mean 0, std 1."""

@@ -80,12 +80,12 @@ class ParticleSet:
 
 
 def fourier_crop(images: np.ndarray, box: int) -> np.ndarray:
-    """``(n, S, S)`` images Fourier-cropped to ``(n, box, box)`` (same field of view, mean kept)."""
-    size = images.shape[-1]
-    spec = torch.fft.rfft2(torch.from_numpy(images))
-    h = box // 2
-    spec = torch.cat([spec[:, :h], spec[:, size - h :]], dim=1)[..., : h + 1]
-    return (torch.fft.irfft2(spec, s=(box, box)) * (box / size) ** 2).numpy()
+    """``(n, S, S)`` images Fourier-cropped to ``(n, box, box)`` (same field of view, mean kept; see
+    :func:`cryoflow.picking.particle_images.fourier_crop`)."""
+    from cryoflow.picking.particle_images import fourier_crop as crop_spectrum
+
+    spectrum = torch.fft.rfft2(torch.from_numpy(images))
+    return torch.fft.irfft2(crop_spectrum(spectrum, images.shape[-1], box), s=(box, box)).numpy()
 
 
 def _parse_image_names(names, star_path: Path, images: Path | None = None) -> tuple[list[Path], np.ndarray, np.ndarray]:

@@ -110,13 +110,17 @@ def copy_boxes(image: torch.Tensor, y0: torch.Tensor, x0: torch.Tensor, out: tor
 def fourier_crop(spectrum: torch.Tensor, size: int, box: int) -> torch.Tensor:
     """Crop an ``rfft2`` spectrum ``(N, size, size // 2 + 1)`` to ``(N, box, box // 2 + 1)`` (Fourier binning).
 
-    Keeps the frequencies below the new Nyquist; values are scaled by ``(box / size)²`` so that
-    ``irfft2`` of the result keeps the real-space mean (binning by ``size / box``).
+    Keeps the frequencies below the new Nyquist; at the new Nyquist the row is the mean of the
+    ``+f`` and ``-f`` rows, the real part along y as ``irfft2`` takes the real part along x (the
+    crop of :func:`bin_micrograph`: numpy's ``irfft(rfft(x)[: m // 2 + 1], m)`` along each
+    axis). Values are scaled by ``(box / size)²`` so that ``irfft2`` of the result keeps the
+    real-space mean (binning by ``size / box``).
     """
     if box == size:
         return spectrum
     h = box // 2
     rows = torch.cat([spectrum[:, :h], spectrum[:, size - h :]], dim=1)
+    rows[:, h] = (rows[:, h] + spectrum[:, h]) * 0.5
     return rows[..., : h + 1] * ((box / size) ** 2)
 
 
