@@ -9,10 +9,10 @@ configurations (automatic box; the same in float16; ``--bin 2``; ``--bin 4 --pha
 the automatic box again with the micrographs on disk) in ``--runs`` rounds (default 5; one
 run of each configuration per round, so a slow spell of the machine hits all of them: on a
 VM the rate of the same run can vary twofold), printing each round's rates, then for each
-configuration the median and the range of particles/s, the micrographs read and the stacks written in MB/s, and the checks:
-particles dropped at the edges equal to what geometry says, the background ring's mean (≈ 0)
-and standard deviation (≈ 1), and the offset of the average particle's centre of mass from
-the box centre (target < 1 px).
+configuration the median and the range of particles/s, the micrographs read and the stacks
+written in MB/s, and the checks: particles dropped at the edges equal to what geometry says,
+the background ring's mean (≈ 0) and standard deviation (≈ 1), and the offset of the average
+particle's centre of mass from the box centre (target < 1 px).
 
 The rate counts checking the micrographs, reading them, cutting, processing and writing the
 stacks (target >= 5,000 particles/s on 2 CPU cores). Before each run the earlier outputs are
@@ -254,9 +254,9 @@ def main(argv: list[str] | None = None) -> dict:
                 f"{s['dropped_at_edges']:>8}{drops:>9}{check['bg_mean']:>9.3f}{check['bg_std']:>8.3f}"
                 f"{check['centre_offset_px']:>10.2f}"
             )
-    rates = [c["particles_per_second"] for c in figures["configs"].values() if c["micrographs_cached"]]
+    medians = [c["particles_per_second"] for c in figures["configs"].values() if c["micrographs_cached"]]
     print(
-        f"extraction speed, micrographs in memory (medians): {min(rates):.0f}-{max(rates):.0f} particles/s "
+        f"extraction speed, micrographs in memory (medians): {min(medians):.0f}-{max(medians):.0f} particles/s "
         "(target >= 5,000)"
     )
     return figures
