@@ -360,7 +360,9 @@ class MrcWriter:
         if self._rows != self._shape[0]:
             raise CryoflowError(self._path, f"only {self._rows} of {self._shape[0]} slices were written")
         _set_header_stats(self._header, self._stats.result())
-        os.pwrite(self._fh.fileno(), self._header.tobytes(), 0)
+        header = self._header.tobytes()
+        if os.pwrite(self._fh.fileno(), header, 0) != len(header):  # 1 KiB: short only when the disk is full
+            raise CryoflowError(self._path, "could not write the header (disk full?)")
 
 
 def as_float32(array: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
