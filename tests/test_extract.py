@@ -99,6 +99,27 @@ def test_star_roundtrip_and_stacks(truth_run):
     assert saved["n_particles"] == summary["n_particles"] and (out / "report.html").is_file()
 
 
+def test_report_average_is_the_mean_of_every_particle(tiny, tmp_path, monkeypatch):
+    """The average shown in the report is summed chunk by chunk in the workers: it must equal the stacks' mean."""
+    import cryoflow.picking.extract_report as extract_report
+    from cryoflow.picking import particle_images
+
+    seen = {}
+    real = extract_report.write_report
+
+    def spy(out, summary, gallery, captions, average):
+        seen["average"] = average
+        return real(out, summary, gallery, captions, average)
+
+    monkeypatch.setattr(extract_report, "write_report", spy)
+    monkeypatch.setattr(particle_images, "CHUNK_PIXELS", 3 * 60**2)  # box 60 (diameter 120 Å at 3 Å/px): chunks of 3
+    out = tmp_path / "out"
+    summary = run_extract(tiny / "truth/micrographs_truth.star", tiny / "truth/particles_truth.star", out, diameter=120)
+    _, images = _images(out)
+    assert summary["box"] == 60 and len(images) > 3 * summary["micrographs"]  # several chunks per micrograph
+    np.testing.assert_allclose(seen["average"], images.astype(np.float64).mean(0), atol=1e-5)
+
+
 def test_cryosparc_export(truth_run, shared_data):
     out, summary = truth_run
     cs = np.load(out / "particles.cs")
@@ -493,4 +514,5 @@ def test_bench_extract_runs_every_configuration(capsys):
         assert row["dropped_at_edges"] == row["expected_dropped"]
         assert abs(row["bg_mean"]) < 0.05 and abs(row["bg_std"] - 1) < 0.05
         assert row["particles_per_second"] > 0 and row["micrograph_MB_per_second"] > 0
+        assert row["user_s_per_1000"] > 0 and row["system_s_per_1000"] >= 0
     assert "from disk" in capsys.readouterr().out

@@ -497,7 +497,7 @@ def run_extract(
                 device=device,
             )[0]
         n, pixel_size = len(job.x), apix * choice.window / choice.box
-        total = torch.zeros(choice.box * choice.box, dtype=torch.float64)  # the report's average, summed
+        total = torch.zeros(1, choice.box * choice.box)  # the report's average, summed (float32: one micrograph's)
         first: list[np.ndarray] = []  # the report's gallery
         args = (choice.box, choice.window, bg_radius, flip, ramp)
         chunks = pim.particle_chunks(image_t, job.x, job.y, *args, workspace=workspace, source=job.path)
@@ -510,11 +510,11 @@ def run_extract(
                     stored = workspace.get("half", chunk.shape, torch.float16).copy_(chunk)
                     chunk.copy_(stored)
                 writer.write(stored.numpy(), values=chunk.numpy())
-                total += (torch.ones(1, len(chunk)) @ chunk.reshape(len(chunk), -1))[0]
+                torch.addmm(total, torch.ones(1, len(chunk)), chunk.reshape(len(chunk), -1), out=total)  # in place
                 if len(first) < take:
                     first.extend(chunk[: take - len(first)].numpy().copy())  # copies: the buffer is reused
         del image, image_t
-        return _Cut(n, total.reshape(choice.box, choice.box), np.asarray(first, dtype=np.float32))
+        return _Cut(n, total.reshape(choice.box, choice.box).double(), np.asarray(first, dtype=np.float32))
 
     # micrographs cut in parallel, one per thread (each thread's torch work on one core), results in order
     workers = max(1, min(torch.get_num_threads(), MAX_WORKERS, len(work))) if device.type == "cpu" else 1

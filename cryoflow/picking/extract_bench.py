@@ -12,7 +12,9 @@ VM the rate of the same run can vary twofold), printing each round's rates, then
 configuration the median and the range of particles/s, the micrographs read and the stacks
 written in MB/s, and the checks: particles dropped at the edges equal to what geometry says,
 the background ring's mean (≈ 0) and standard deviation (≈ 1), and the offset of the average
-particle's centre of mass from the box centre (target < 1 px).
+particle's centre of mass from the box centre (target < 1 px), and the CPU time the process
+spent per 1,000 particles, user and system (the system part is mostly the stacks copied into
+the page cache: on a VM it swings with the host, and the rate with it).
 
 The rate counts checking the micrographs, reading them, cutting, processing and writing the
 stacks (target >= 5,000 particles/s on 2 CPU cores). Before each run the earlier outputs are
@@ -178,7 +180,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--micrographs", type=int, default=3, help="simulated micrographs")
     parser.add_argument("--size", type=int, default=4096, help="micrograph size, pixels")
     parser.add_argument("--pixel-size", type=float, default=0.83, help="Å/pixel")
-    parser.add_argument("--repeat", type=int, default=4, help="times each micrograph is listed (hard links)")
+    parser.add_argument("--repeat", type=int, default=4, help="times each micrograph is listed (copies)")
     parser.add_argument("--particles", type=int, default=300, help="particles per micrograph")
     parser.add_argument("--diameter", type=float, default=150.0, help="particle diameter for the automatic box, Å")
     parser.add_argument("--runs", type=int, default=5, help="runs of each configuration (the median is reported)")
@@ -209,6 +211,7 @@ def main(argv: list[str] | None = None) -> dict:
         files = [tmp / name for name in read_table(mics, "micrographs").table["rlnMicrographName"]]
         input_bytes = sum(f.stat().st_size for f in files)
         rates: dict[str, list[float]] = {label: [] for label, _, _ in CONFIGS}
+        cpu: dict[str, list[tuple[float, float]]] = {label: [] for label, _, _ in CONFIGS}  # (user, system) s
         summaries: dict[str, dict] = {}
         checks: dict[str, dict] = {}
         for run in range(max(1, args.runs)):  # rounds over the configurations: the machine's slow spells hit them all
@@ -216,17 +219,20 @@ def main(argv: list[str] | None = None) -> dict:
                 out = tmp / f"out{i}_{run}"
                 os.sync()  # not timed: the inputs and earlier outputs are on disk, not being flushed meanwhile
                 set_cached(files, cached)
+                before = os.times()
                 s = summaries[label] = run_extract(
                     mics, truth_path, out, diameter=args.diameter, device=args.device, report=False, **options
                 )
+                after = os.times()
                 rates[label].append(s["particles_per_second"])
+                cpu[label].append((after.user - before.user, after.system - before.system))
                 if run == 0:
                     checks[label] = stack_checks(out, BG_DIAMETER_FRACTION * s["box"] / 2)
                 shutil.rmtree(out)  # gigabytes of stacks: checked, not kept
             print(f"round {run + 1}: " + " / ".join(f"{r[-1]:.0f}" for r in rates.values()) + " particles/s")
         print(
             f"{'config':<22}{'box':>5}{'bin':>5}{'particles':>10}{'p/s':>9}{'range':>13}{'in MB/s':>8}{'out MB/s':>9}"
-            f"{'dropped':>8}{'expected':>9}{'bg mean':>9}{'bg std':>8}{'centre px':>10}"
+            f"{'dropped':>8}{'expected':>9}{'bg mean':>9}{'bg std':>8}{'centre px':>10}{'user/1k':>8}{'sys/1k':>7}"
         )
         for label, options, cached in CONFIGS:
             s, check, runs = summaries[label], checks[label], rates[label]
@@ -238,6 +244,9 @@ def main(argv: list[str] | None = None) -> dict:
                 "n_particles": s["n_particles"],
                 "particles_per_second": float(np.median(runs)),
                 "particles_per_second_runs": runs,
+                # CPU seconds of the whole process per 1,000 particles, medians over the runs
+                "user_s_per_1000": float(np.median([u for u, _ in cpu[label]])) * 1000 / s["n_particles"],
+                "system_s_per_1000": float(np.median([y for _, y in cpu[label]])) * 1000 / s["n_particles"],
                 "micrographs_cached": cached,
                 "dropped_at_edges": s["dropped_at_edges"],
                 "expected_dropped": drops,
@@ -252,7 +261,7 @@ def main(argv: list[str] | None = None) -> dict:
                 f"{label:<22}{s['box']:>5}{s['bin']:>5g}{s['n_particles']:>10}{row['particles_per_second']:>9.0f}"
                 f"{spread:>13}{row['micrograph_MB_per_second']:>8.0f}{row['stack_MB_per_second']:>9.0f}"
                 f"{s['dropped_at_edges']:>8}{drops:>9}{check['bg_mean']:>9.3f}{check['bg_std']:>8.3f}"
-                f"{check['centre_offset_px']:>10.2f}"
+                f"{check['centre_offset_px']:>10.2f}{row['user_s_per_1000']:>8.3f}{row['system_s_per_1000']:>7.3f}"
             )
     medians = [c["particles_per_second"] for c in figures["configs"].values() if c["micrographs_cached"]]
     print(

@@ -37,6 +37,8 @@ BOX_FACTOR = 1.5
 BG_DIAMETER_FRACTION = 0.75
 #: Rows of the micrograph transformed at once when binning (a few MiB: in cache).
 ROW_BLOCK = 64
+#: Output pixels per chunk of particles (:func:`particle_chunks`): 4 MiB of float32, in cache.
+CHUNK_PIXELS = 1 << 20
 
 
 class Workspace:
@@ -381,11 +383,12 @@ def particle_chunks(
     bg_radius: float,
     flip_sign: torch.Tensor | None = None,
     ramp: bool = True,
-    max_pixels: int = 1 << 20,
+    max_pixels: int | None = None,
     workspace: Workspace | None = None,
     source=None,
 ) -> Iterator[torch.Tensor]:
-    """Particle images (particles white, normalized) from one micrograph, ``max_pixels`` output pixels at a time.
+    """Particle images (particles white, normalized) from one micrograph, ``max_pixels`` output pixels at a time
+    (:data:`CHUNK_PIXELS` if ``None``).
 
     Yields ``(k, box, box)`` float32 chunks in the order of ``x, y`` (``(N,)`` coordinates in
     micrograph pixels whose ``window``-pixel boxes lie inside ``image`` ``(H, W)``, see
@@ -418,7 +421,7 @@ def particle_chunks(
     else:
         x0, y0 = box_starts(x, box), box_starts(y, box)
     n = len(x0)
-    chunk = max(1, max_pixels // box**2)
+    chunk = max(1, (max_pixels or CHUNK_PIXELS) // box**2)
     scratch = workspace.get("chunk", (min(chunk, n), box, box), device=image.device)
     for s in range(0, n, chunk):
         boxes = copy_boxes(image, y0[s : s + chunk], x0[s : s + chunk], scratch[: min(chunk, n - s)])
