@@ -17,10 +17,17 @@ spent per 1,000 particles, user and system (the system part is mostly the stacks
 the page cache: on a VM it swings with the host, and the rate with it).
 
 The rate counts checking the micrographs, reading them, cutting, processing and writing the
-stacks (target >= 5,000 particles/s on 2 CPU cores). Before each run the earlier outputs are
-flushed and the micrographs are read into the page cache (not timed), as they are when
-extraction follows picking; the stacks go to the page cache: the disks' own rates are not
-measured. The last configuration drops the micrographs from the page cache instead
+stacks (target >= 5,000 particles/s on 2 CPU cores). Before each run the micrographs are read
+into the page cache (not timed), as they are when extraction follows picking; the stacks go to
+the page cache: the disks' own rates are not measured. The previous run's stacks are deleted
+just before each run, so its stacks land in memory freed a moment ago, as in a long run on a
+machine whose memory is full of page cache (the kernel reuses it). On a VM that reports free
+memory to its host (``/sys/module/page_reporting``), memory left free for a few seconds is
+handed back, and the guest faults on every 4 KiB page it touches again: measured here, the
+same run took 1.1-1.5 s of system time per 2,440 particles of box 288 in memory freed 5 s
+before, against 0.23-0.35 s in memory freed just before (1,950-2,390 against 3,720-4,690
+particles/s). The first run, and a run writing more than the one before it (the run from disk
+after ``--bin 4``), still land partly in memory that was free for longer. The last configuration drops the micrographs from the page cache instead
 (``posix_fadvise(DONTNEED)``), so they are read from the disk as the run goes (extraction
 reads each one ahead, :func:`cryoflow.io.prefetch`): its "in MB/s" shows what the disk
 delivers. A long run cannot outpace either disk: compare both MB/s with what yours sustain.
@@ -214,11 +221,14 @@ def main(argv: list[str] | None = None) -> dict:
         cpu: dict[str, list[tuple[float, float]]] = {label: [] for label, _, _ in CONFIGS}  # (user, system) s
         summaries: dict[str, dict] = {}
         checks: dict[str, dict] = {}
+        previous: Path | None = None  # the last run's stacks, deleted just before the next run (see the module doc)
         for run in range(max(1, args.runs)):  # rounds over the configurations: the machine's slow spells hit them all
             for i, (label, options, cached) in enumerate(CONFIGS):
                 out = tmp / f"out{i}_{run}"
-                os.sync()  # not timed: the inputs and earlier outputs are on disk, not being flushed meanwhile
                 set_cached(files, cached)
+                if previous is not None:
+                    shutil.rmtree(previous)  # gigabytes of stacks: checked, not kept
+                os.sync()  # not timed: the inputs are on disk, nothing is being flushed meanwhile
                 before = os.times()
                 s = summaries[label] = run_extract(
                     mics, truth_path, out, diameter=args.diameter, device=args.device, report=False, **options
@@ -228,7 +238,7 @@ def main(argv: list[str] | None = None) -> dict:
                 cpu[label].append((after.user - before.user, after.system - before.system))
                 if run == 0:
                     checks[label] = stack_checks(out, BG_DIAMETER_FRACTION * s["box"] / 2)
-                shutil.rmtree(out)  # gigabytes of stacks: checked, not kept
+                previous = out
             print(f"round {run + 1}: " + " / ".join(f"{r[-1]:.0f}" for r in rates.values()) + " particles/s")
         print(
             f"{'config':<22}{'box':>5}{'bin':>5}{'particles':>10}{'p/s':>9}{'range':>13}{'in MB/s':>8}{'out MB/s':>9}"
