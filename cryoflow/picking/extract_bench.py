@@ -20,14 +20,16 @@ The rate counts checking the micrographs, reading them, cutting, processing and 
 stacks (target >= 5,000 particles/s on 2 CPU cores). Before each run the micrographs are read
 into the page cache (not timed), as they are when extraction follows picking; the stacks go to
 the page cache: the disks' own rates are not measured. The previous run's stacks are deleted
-just before each run, so its stacks land in memory freed a moment ago, as in a long run on a
-machine whose memory is full of page cache (the kernel reuses it). On a VM that reports free
-memory to its host (``/sys/module/page_reporting``), memory left free for a few seconds is
-handed back, and the guest faults on every 4 KiB page it touches again: measured here, the
+just before each run, so the run's stacks land in memory freed a moment ago, as in a long run
+on a machine whose memory is full of page cache (the kernel reuses it). On a VM that reports
+free memory to its host (``/sys/module/page_reporting``), memory left free for a few seconds
+is handed back, and the guest faults on every 4 KiB page it touches again: measured here, the
 same run took 1.1-1.5 s of system time per 2,440 particles of box 288 in memory freed 5 s
 before, against 0.23-0.35 s in memory freed just before (1,950-2,390 against 3,720-4,690
 particles/s). The first run, and a run writing more than the one before it (the run from disk
-after ``--bin 4``), still land partly in memory that was free for longer. The last configuration drops the micrographs from the page cache instead
+after ``--bin 4``), still land partly in memory that was free for longer.
+
+The last configuration drops the micrographs from the page cache instead
 (``posix_fadvise(DONTNEED)``), so they are read from the disk as the run goes (extraction
 reads each one ahead, :func:`cryoflow.io.prefetch`): its "in MB/s" shows what the disk
 delivers. A long run cannot outpace either disk: compare both MB/s with what yours sustain.
