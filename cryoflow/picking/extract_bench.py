@@ -25,12 +25,12 @@ on a machine whose memory is full of page cache (the kernel reuses it). On a VM 
 free memory to its host (``/sys/module/page_reporting``), memory left free for a few seconds
 is handed back, and the guest faults on every 4 KiB page it touches again: measured here, the
 same run took 1.1-1.5 s of system time per 2,440 particles of box 288 in memory freed 5 s
-before, against 0.23-0.35 s in memory freed just before (1,950-2,390 against 3,720-4,690
-particles/s). The first run, and a run writing more than the one before it (the run from disk
-after ``--bin 4``), still land partly in memory that was free for longer, and the system time
-of the same configuration still varies from run to run (box 288: 0.15-0.29 s per 1,000
-particles over three runs of this bench here, against 0.21-0.33 s when each run's stacks were
-deleted right after it).
+before, against 0.23-0.35 s (once 0.73 s) in memory freed just before (1,950-2,390 against
+2,970-4,690 particles/s). The first run, and a run writing more than the one before it (the
+run from disk after ``--bin 4``), still land partly in memory that was free for longer, and the
+system time of the same configuration still varies from run to run (box 288: 0.15-0.29 s per
+1,000 particles over three runs of this bench here, against 0.21-0.33 s when each run's stacks
+were deleted right after it).
 
 The last configuration drops the micrographs from the page cache instead
 (``posix_fadvise(DONTNEED)``), so they are read from the disk as the run goes (extraction
