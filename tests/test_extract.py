@@ -514,5 +514,7 @@ def test_bench_extract_runs_every_configuration(capsys):
         assert row["dropped_at_edges"] == row["expected_dropped"]
         assert abs(row["bg_mean"]) < 0.05 and abs(row["bg_std"] - 1) < 0.05
         assert row["particles_per_second"] > 0 and row["micrograph_MB_per_second"] > 0
-        assert row["user_s_per_1000"] > 0 and row["system_s_per_1000"] >= 0
+        assert row["user_s_per_1000"] >= 0 and row["system_s_per_1000"] >= 0
+    # CPU time is counted in clock ticks (10 ms): one tiny run may show none, all of them together do
+    assert sum(row["user_s_per_1000"] for row in figures["configs"].values()) > 0
     assert "from disk" in capsys.readouterr().out
