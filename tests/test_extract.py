@@ -367,20 +367,28 @@ def test_micrograph_without_ctf_fit_is_skipped_and_counted(tmp_path):
     assert s["n_particles"] == 0 and s["skipped_no_ctf"] == 25
 
 
-@pytest.mark.parametrize(("binning", "where"), [(1.0, (42, 39)), (2.0, (300, 300))])
-def test_nan_in_a_micrograph_is_an_error_naming_it(tmp_path, binning, where):
-    """A NaN inside a particle's box (binned: anywhere in the micrograph, here outside every box)
-    fails the step with one line naming the micrograph, and leaves no output folder; a NaN no box
-    touches is no error without binning."""
+@pytest.mark.parametrize(
+    ("binning", "where", "value", "float16"),
+    [
+        (1.0, (42, 39), np.nan, False),  # in the particle (within the background circle)
+        (1.0, (54, 100), np.inf, False),  # in the background ring of the particle at (100, 40)
+        (1.0, (40, 220), -np.inf, True),  # a particle's centre, stacks in float16
+        (2.0, (300, 300), np.nan, False),  # binned: outside every box
+    ],
+)
+def test_nan_in_a_micrograph_is_an_error_naming_it(tmp_path, binning, where, value, float16):
+    """A NaN or Inf inside a particle's box (binned: anywhere in the micrograph, here outside every
+    box) fails the step with one line naming the micrograph, and leaves no output folder; a NaN no
+    box touches is no error without binning."""
     _synthetic(tmp_path)
     path = tmp_path / "mic.mrc"
     with mrcfile.open(path, mode="r+") as mrc:
         data = mrc.data.copy()
-        data[where] = np.nan
+        data[where] = value
         mrc.set_data(data)
     out = tmp_path / "out"
     with pytest.raises(CryoflowError, match="NaN or Inf") as error:
-        run_extract(tmp_path / "mics.star", tmp_path, out, box=32, binning=binning, report=False)
+        run_extract(tmp_path / "mics.star", tmp_path, out, box=32, binning=binning, float16=float16, report=False)
     assert error.value.path == str(path) and not out.exists()
     if binning == 1.0:  # the same NaN at (300, 300), outside the 32 px boxes: extracted
         data[where], data[300, 300] = 10.0, np.nan

@@ -44,7 +44,8 @@ count, at most :data:`MAX_WORKERS`; one on a GPU), each thread reading its micro
 the stack file (:func:`cryoflow.io.mrc_writer`, whose header statistics are gathered from
 the chunk), added to the report's average and sampled for its gallery while it is in cache,
 so no stack is ever held whole (a box holding NaN or Inf fails the step naming the
-micrograph). Large temporaries (the binned micrograph's spectra, the chunk) are kept from
+micrograph: it makes the micrograph's sum of particles non-finite, checked once per
+micrograph instead of a pass over every box). Large temporaries (the binned micrograph's spectra, the chunk) are kept from
 micrograph to micrograph (:class:`particle_images.Workspace`); the tables are built in order
 in the main thread. ``cryoflow bench extract`` measures particles/s.
 
@@ -513,6 +514,8 @@ def run_extract(
                 torch.addmm(total, torch.ones(1, len(chunk)), chunk.reshape(len(chunk), -1), out=total)  # in place
                 if len(first) < take:
                     first.extend(chunk[: take - len(first)].numpy().copy())  # copies: the buffer is reused
+            if not torch.isfinite(total).all():  # a NaN or Inf in any box reaches the sum (particle_chunks)
+                raise CryoflowError(job.path, "data contain NaN or Inf values (in the particles' boxes)")
         del image, image_t
         return _Cut(n, total.reshape(choice.box, choice.box).double(), np.asarray(first, dtype=np.float32))
 

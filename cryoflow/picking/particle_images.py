@@ -324,20 +324,28 @@ def normalize_background(
     ``None``.
 
     Passes over the batch: the fit's moments (one matrix product: a read), the plane
-    subtracted as its two separable parts, ``a + c y`` along the rows and ``b x`` along the
-    columns (two broadcast subtractions, reads and writes; a matrix product with the
-    ``(B², 3)`` design took 1.7x as long), the background variance (squares into a buffer of
-    ``workspace``, 4 MiB at a time, then a matrix-vector product) and the scaling (in place).
+    subtracted (a read and a write: the plane is ``a + c y`` along the rows plus ``b x`` along
+    the columns, a product of rank 2 added by ``baddbmm``, in place when ``out`` is ``images``:
+    measured here 6.3 µs per 288² image, against 13.1 for two broadcast subtractions and 1.7x
+    as long for a product with the ``(B², 3)`` design), the background variance (squares into
+    a buffer of ``workspace``, 4 MiB at a time, then a matrix-vector product) and the scaling
+    (in place).
     Called on a few MiB at a time (:func:`particle_chunks`) every pass runs in cache. The fixed
     matrices are cached per box size.
     """
     n, box, _ = images.shape
     mask, r, weighted_t, gram = _background_model(box, float(bg_radius), ramp, images.dtype, images.device)
     coeffs = (weighted_t @ images.reshape(n, -1).T).T @ gram  # (N, k) least-squares fit on the background
-    along_rows = coeffs[:, 0:1] + coeffs[:, 2:3] * r if ramp else coeffs[:, 0:1]  # (N, B) or (N, 1): a + c y
-    result = torch.sub(images, along_rows[:, :, None], out=out)
-    if ramp:
-        result.sub_((coeffs[:, 1:2] * r)[:, None, :])  # b x
+    if ramp:  # the plane a + c y + b x as a product of rank 2, (N, B, 2) @ (N, 2, B): subtracted in one pass
+        ones = torch.ones_like(r).expand(n, box)
+        along_rows = torch.stack([coeffs[:, 0:1] + coeffs[:, 2:3] * r, ones], dim=2)  # a + c y, 1
+        along_columns = torch.stack([ones, coeffs[:, 1:2] * r], dim=1)  # 1, b x
+        if out is images:
+            result = images.baddbmm_(along_rows, along_columns, alpha=-1.0)
+        else:
+            result = torch.baddbmm(images, along_rows, along_columns, alpha=-1.0, out=out)
+    else:
+        result = torch.sub(images, coeffs[:, 0:1, None], out=out)
     flat = result.reshape(n, -1)
     step = max(1, (1 << 20) // (box * box))  # ~4 MiB of squares at a time
     squares = (workspace or Workspace()).get("squares", (min(step, n), box * box), result.dtype, result.device)
@@ -405,9 +413,12 @@ def particle_chunks(
     ``(box, box // 2 + 1)`` sign map of the output box (:func:`ctf_sign` at the output pixel
     size; the frequencies of the window's grid below the binned Nyquist) multiplied into each
     box's spectrum (phase flipping). ``workspace`` keeps the large
-    temporaries between micrographs. A box holding NaN or Inf (with binning: any such value in
-    the micrograph, checked on the binned micrograph) raises a :class:`CryoflowError` naming
-    ``source`` (the micrograph's path).
+    temporaries between micrographs. With binning, a NaN or Inf anywhere in the micrograph
+    (checked on the binned micrograph) raises a :class:`CryoflowError` naming ``source`` (the
+    micrograph's path). Without binning the boxes are not checked here (it would be a pass over
+    every chunk): a NaN or Inf in a box comes out as NaN or Inf in that particle image
+    (normalizing never removes one), so a caller checks a sum of the images it makes anyway
+    (extraction: the sum behind the report's average, one check per micrograph).
     """
     workspace = workspace or Workspace()
     if box != window:
@@ -425,9 +436,6 @@ def particle_chunks(
     scratch = workspace.get("chunk", (min(chunk, n), box, box), device=image.device)
     for s in range(0, n, chunk):
         boxes = copy_boxes(image, y0[s : s + chunk], x0[s : s + chunk], scratch[: min(chunk, n - s)])
-        if not torch.isfinite(boxes.sum()):  # a float sum is finite exactly when every value is (in cache here)
-            if not torch.isfinite(boxes).all():
-                raise CryoflowError(source, "data contain NaN or Inf values (in the particles' boxes)")
         if flip_sign is not None:
             boxes.copy_(torch.fft.irfft2(torch.fft.rfft2(boxes) * flip_sign, s=(box, box)))
         yield normalize_background(boxes, bg_radius, ramp=ramp, scale=-1.0, out=boxes, workspace=workspace)
