@@ -461,6 +461,8 @@ def test_background_normalization_matches_least_squares(ramp):
     np.testing.assert_allclose(result, np.stack(expected), atol=2e-4)
     in_place = normalize_background(batch, bg_radius, ramp=ramp, scale=-1.0, out=batch).numpy()
     np.testing.assert_allclose(in_place, result, atol=1e-6)
+    blank = normalize_background(torch.zeros(2, box, box), bg_radius, ramp=ramp)  # a flat background: zeros
+    assert torch.equal(blank, torch.zeros(2, box, box))
 
 
 @pytest.mark.parametrize(

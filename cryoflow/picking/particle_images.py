@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import torch
 
@@ -292,18 +293,32 @@ def background_mask(box: int, bg_radius: float, device=None) -> torch.Tensor:
     return (r[:, None] ** 2 + r[None, :] ** 2) > bg_radius**2
 
 
+class BackgroundModel(NamedTuple):
+    """The fixed matrices of :func:`normalize_background` for one box size (cached)."""
+
+    mask: torch.Tensor  #: (B²,) 1 on the background ring, 0 inside the circle
+    fit: torch.Tensor  #: (k, B²): the least-squares fit, coefficients = fit @ image (rows 1, x, y or 1)
+    rows: torch.Tensor  #: (B, k) and ...
+    columns: torch.Tensor  #: ... (k, B): the plane of coefficients c is rows @ (c[:, None] * columns)
+    dof: float  #: background pixels less the fitted coefficients
+
+
 @functools.lru_cache(maxsize=8)
 def _background_model(box: int, bg_radius: float, ramp: bool, dtype: torch.dtype, device: torch.device):
-    """Background mask ``(B²,)``, pixel coordinates ``(B,)`` about the centre, masked design transposed
-    ``(k, B²)`` (rows 1, x, y or 1) and the ``(k, k)`` inverse Gram matrix of the least-squares fit."""
+    """:class:`BackgroundModel` of a ``box``-pixel image, background farther than ``bg_radius`` pixels from its centre."""
     mask = background_mask(box, bg_radius, device).reshape(-1).to(dtype)  # (B²,)
-    r = torch.arange(box, device=device, dtype=dtype) - box // 2
+    r = torch.arange(box, device=device, dtype=torch.float64) - box // 2
     yy, xx = torch.meshgrid(r, r, indexing="ij")
-    ones = torch.ones(box * box, device=device, dtype=dtype)
+    ones = torch.ones(box * box, device=device, dtype=torch.float64)
     design = torch.stack([ones, xx.reshape(-1), yy.reshape(-1)], dim=1) if ramp else ones[:, None]  # (B², k)
-    weighted = design * mask[:, None]
-    gram = (weighted.T.double() @ design.double()).inverse().to(dtype)  # (k, k)
-    return mask, r, weighted.T.contiguous(), gram
+    weighted = design * mask.double()[:, None]
+    fit = (weighted @ (weighted.T @ design).inverse()).T  # (k, B²): (Dᵀ M D)⁻¹ Dᵀ M, the normal equations
+    one = torch.ones(box, device=device, dtype=torch.float64)
+    # a + b x + c y = [1, 1, y] @ [a, b x, c] (rows i = y, columns j = x): two fixed factors
+    rows = torch.stack([one, one, r], dim=1) if ramp else one[:, None]
+    columns = torch.stack([one, r, one]) if ramp else one[None, :]
+    dof = max(float(mask.sum()) - design.shape[1], 1.0)
+    return BackgroundModel(mask, fit.to(dtype).contiguous(), rows.to(dtype), columns.to(dtype), dof)
 
 
 def normalize_background(
@@ -323,38 +338,34 @@ def normalize_background(
     to write the result to (may be ``images`` itself: normalized in place); a new tensor if
     ``None``.
 
-    Passes over the batch: the fit's moments (one matrix product: a read), the plane
-    subtracted (a read and a write: the plane is ``a + c y`` along the rows plus ``b x`` along
-    the columns, a product of rank 2 added by ``baddbmm``, in place when ``out`` is ``images``:
-    measured here 6.3 µs per 288² image, against 13.1 for two broadcast subtractions and 1.7x
-    as long for a product with the ``(B², 3)`` design), the background variance (squares into
-    a buffer of ``workspace``, 4 MiB at a time, then a matrix-vector product) and the scaling
-    (in place).
-    Called on a few MiB at a time (:func:`particle_chunks`) every pass runs in cache. The fixed
-    matrices are cached per box size.
+    Passes over the batch, each in cache when called on a few MiB at a time
+    (:func:`particle_chunks`): the fit (one matrix product, a read); the plane subtracted (a
+    read and a write: the plane is a product of rank 3 of a fixed ``(B, 3)`` factor and a
+    ``(3, B)`` one per image, added by ``baddbmm``, in place when ``out`` is ``images``: 6.3 µs
+    per 288² image measured here, against 13.1 for two broadcast subtractions); the background
+    variance (squares into a buffer of ``workspace``, 4 MiB at a time, then a matrix-vector
+    product); the scaling (in place). The fixed matrices are cached per box size, and the rest
+    is a few operations per call: on a CPU each costs microseconds of dispatch, which is as
+    much as a pass over a small batch.
     """
     n, box, _ = images.shape
-    mask, r, weighted_t, gram = _background_model(box, float(bg_radius), ramp, images.dtype, images.device)
-    coeffs = (weighted_t @ images.reshape(n, -1).T).T @ gram  # (N, k) least-squares fit on the background
-    if ramp:  # the plane a + c y + b x as a product of rank 2, (N, B, 2) @ (N, 2, B): subtracted in one pass
-        ones = torch.ones_like(r).expand(n, box)
-        along_rows = torch.stack([coeffs[:, 0:1] + coeffs[:, 2:3] * r, ones], dim=2)  # a + c y, 1
-        along_columns = torch.stack([ones, coeffs[:, 1:2] * r], dim=1)  # 1, b x
-        if out is images:
-            result = images.baddbmm_(along_rows, along_columns, alpha=-1.0)
-        else:
-            result = torch.baddbmm(images, along_rows, along_columns, alpha=-1.0, out=out)
+    model = _background_model(box, float(bg_radius), ramp, images.dtype, images.device)
+    coeffs = (model.fit @ images.reshape(n, -1).T).T  # (N, k): the least-squares fit on the background
+    rows = model.rows.expand(n, box, -1)  # (N, B, k), no copy
+    per_image = coeffs[:, :, None] * model.columns  # (N, k, B)
+    if out is images:
+        result = images.baddbmm_(rows, per_image, alpha=-1.0)
     else:
-        result = torch.sub(images, coeffs[:, 0:1, None], out=out)
+        result = torch.baddbmm(images, rows, per_image, alpha=-1.0, out=out)
     flat = result.reshape(n, -1)
     step = max(1, (1 << 20) // (box * box))  # ~4 MiB of squares at a time
     squares = (workspace or Workspace()).get("squares", (min(step, n), box * box), result.dtype, result.device)
     var = torch.empty(n, dtype=result.dtype, device=result.device)
     for s in range(0, n, step):
         part = flat[s : s + step]
-        torch.mv(torch.mul(part, part, out=squares[: len(part)]), mask, out=var[s : s + len(part)])
-    var /= max(float(mask.sum()) - gram.shape[0], 1.0)
-    factor = torch.where(var > 0, scale / var.clamp_min(1e-30).sqrt(), 0.0)
+        torch.mv(torch.mul(part, part, out=squares[: len(part)]), model.mask, out=var[s : s + len(part)])
+    # scale / std; a flat background (std 0: infinite) gives zeros, as does NaN (its pixels stay NaN)
+    factor = var.mul_(1.0 / model.dof).rsqrt_().mul_(scale).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
     return result.mul_(factor[:, None, None])
 
 
