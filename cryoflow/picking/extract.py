@@ -45,9 +45,10 @@ the stack file (:func:`cryoflow.io.mrc_writer`, whose header statistics are gath
 the chunk), added to the report's average and sampled for its gallery while it is in cache,
 so no stack is ever held whole (a box holding NaN or Inf fails the step naming the
 micrograph: it makes the micrograph's sum of particles non-finite, checked once per
-micrograph instead of a pass over every box). Large temporaries (the binned micrograph's spectra, the chunk) are kept from
-micrograph to micrograph (:class:`particle_images.Workspace`); the tables are built in order
-in the main thread. ``cryoflow bench extract`` measures particles/s.
+micrograph instead of a pass over every box). Large temporaries (the binned micrograph's
+spectra, the chunk) are kept from micrograph to micrograph, and from one extraction to the next
+in the same process (:class:`particle_images.Workspace`, one per thread); the tables are built
+in order in the main thread. ``cryoflow bench extract`` measures particles/s.
 
 Outputs in ``out`` (built in a temporary folder and renamed when complete)
 ---------------------------------------------------------------------------
@@ -58,6 +59,7 @@ pixel size in the header),
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -66,6 +68,7 @@ import threading
 import time
 import warnings
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -332,8 +335,36 @@ class _Cut:
     """What a worker hands back for one micrograph (its stack is already written)."""
 
     n: int  # particles
-    total: torch.Tensor  # (box, box) float64 sum of the particle images (the report's average)
+    total: torch.Tensor  # (box, box) float32 sum of the particle images (the report's average; float64 over all)
     first: np.ndarray  # the first few particle images (the report's gallery)
+
+
+#: Workspaces of finished extractions, for the next one in this process (:func:`_kept_workspaces`).
+_SPARE_WORKSPACES: list[pim.Workspace] = []
+_SPARE_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _kept_workspaces() -> Iterator[list[pim.Workspace]]:
+    """The list of workspaces an extraction's threads take (:func:`_take_workspace`), kept when it ends.
+
+    A process that extracts batch after batch (``cryoflow watch``) reuses their buffers instead
+    of faulting in fresh memory for each batch (on a VM, memory touched for the first time can
+    cost more than the work done in it). At most :data:`MAX_WORKERS` are kept."""
+    taken: list[pim.Workspace] = []
+    try:
+        yield taken
+    finally:
+        with _SPARE_LOCK:
+            _SPARE_WORKSPACES.extend(taken[: max(0, MAX_WORKERS - len(_SPARE_WORKSPACES))])
+
+
+def _take_workspace(taken: list[pim.Workspace]) -> pim.Workspace:
+    """A spare workspace of an earlier extraction, else a new one; recorded in ``taken``."""
+    with _SPARE_LOCK:
+        workspace = _SPARE_WORKSPACES.pop() if _SPARE_WORKSPACES else pim.Workspace()
+        taken.append(workspace)
+    return workspace
 
 
 def _in_order(pool: ThreadPoolExecutor, fn, items: list, ahead: int, prepare=None):
@@ -478,7 +509,7 @@ def run_extract(
         """Read, cut and write one micrograph's particles (in a worker thread)."""
         workspace = getattr(local, "workspace", None)
         if workspace is None:  # large temporaries reused from micrograph to micrograph, one set per thread
-            workspace = local.workspace = pim.Workspace()
+            workspace = local.workspace = _take_workspace(taken)
         i, apix = job.index, job.apix
         image, _ = read_micrograph(job.path, apix, mmap=True, check_finite=False)  # the boxes are checked
         with warnings.catch_warnings():  # a read-only memory map (never written to here)
@@ -499,7 +530,8 @@ def run_extract(
             )[0]
         n, pixel_size = len(job.x), apix * choice.window / choice.box
         total = torch.zeros(1, choice.box * choice.box)  # the report's average, summed (float32: one micrograph's)
-        first: list[np.ndarray] = []  # the report's gallery
+        first = np.empty((min(take, n), choice.box, choice.box), np.float32)  # the report's gallery
+        n_first = 0
         args = (choice.box, choice.window, bg_radius, flip, ramp)
         chunks = pim.particle_chunks(image_t, job.x, job.y, *args, workspace=workspace, source=job.path)
         shape = (n, choice.box, choice.box)
@@ -512,17 +544,23 @@ def run_extract(
                     chunk.copy_(stored)
                 writer.write(stored.numpy(), values=chunk.numpy())
                 torch.addmm(total, torch.ones(1, len(chunk)), chunk.reshape(len(chunk), -1), out=total)  # in place
-                if len(first) < take:
-                    first.extend(chunk[: take - len(first)].numpy().copy())  # copies: the buffer is reused
+                if n_first < len(first):  # copies: the chunk's buffer is reused
+                    more = min(len(first) - n_first, len(chunk))
+                    first[n_first : n_first + more] = chunk[:more].numpy()
+                    n_first += more
             if not torch.isfinite(total).all():  # a NaN or Inf in any box reaches the sum (particle_chunks)
                 raise CryoflowError(job.path, "data contain NaN or Inf values (in the particles' boxes)")
         del image, image_t
-        return _Cut(n, total.reshape(choice.box, choice.box).double(), np.asarray(first, dtype=np.float32))
+        return _Cut(n, total.reshape(choice.box, choice.box), first)
 
     # micrographs cut in parallel, one per thread (each thread's torch work on one core), results in order
     workers = max(1, min(torch.get_num_threads(), MAX_WORKERS, len(work))) if device.type == "cpu" else 1
     threads = torch.get_num_threads()
-    with atomic_dir(out) as tmp, ThreadPoolExecutor(workers, thread_name_prefix="extract") as pool:
+    with (
+        _kept_workspaces() as taken,  # handed back after the pool's threads have ended
+        atomic_dir(out) as tmp,
+        ThreadPoolExecutor(workers, thread_name_prefix="extract") as pool,
+    ):
         try:
             if workers > 1:
                 torch.set_num_threads(1)
