@@ -47,8 +47,10 @@ so no stack is ever held whole (a box holding NaN or Inf fails the step naming t
 micrograph: it makes the micrograph's sum of particles non-finite, checked once per
 micrograph instead of a pass over every box). Large temporaries (the binned micrograph's
 spectra, the chunk) are kept from micrograph to micrograph, and from one extraction to the next
-in the same process (:class:`particle_images.Workspace`, one per thread); the tables are built
-in order in the main thread. ``cryoflow bench extract`` measures particles/s.
+in the same process (:class:`particle_images.Workspace`, one per thread). The main thread
+only gathers each micrograph's counts, sum and gallery as it finishes (it shares the cores with
+the workers) and builds ``particles.star``'s table at once at the end. ``cryoflow bench
+extract`` measures particles/s.
 
 Outputs in ``out`` (built in a temporary folder and renamed when complete)
 ---------------------------------------------------------------------------

@@ -296,10 +296,10 @@ def background_mask(box: int, bg_radius: float, device=None) -> torch.Tensor:
 class BackgroundModel(NamedTuple):
     """The fixed matrices of :func:`normalize_background` for one box size (cached)."""
 
-    mask: torch.Tensor  #: (B²,) 1 on the background ring, 0 inside the circle
-    fit: torch.Tensor  #: (k, B²): the least-squares fit, coefficients = fit @ image (rows 1, x, y or 1)
-    rows: torch.Tensor  #: (B, k) and ...
-    columns: torch.Tensor  #: ... (k, B): the plane of coefficients c is rows @ (c[:, None] * columns)
+    mask: torch.Tensor  #: (B²,): 1 on the background ring, 0 inside the circle
+    fit: torch.Tensor  #: (k, B²): the plane's k coefficients (a, b, c or a) of an image are fit @ image
+    rows: torch.Tensor  #: (B, k): with columns, the plane of coefficients c is rows @ (c[:, None] * columns)
+    columns: torch.Tensor  #: (k, B)
     dof: float  #: background pixels less the fitted coefficients
 
 
