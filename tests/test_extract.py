@@ -397,6 +397,41 @@ def test_nan_in_a_micrograph_is_an_error_naming_it(tmp_path, binning, where, val
         assert run_extract(tmp_path / "mics.star", tmp_path, out, box=32, report=False)["n_particles"] == 25
 
 
+def test_buffers_kept_between_extractions_change_nothing(tmp_path, monkeypatch):
+    """A later extraction in the same process takes the buffers of the earlier ones (``cryoflow watch``
+    extracts batch after batch): after extractions with other boxes, binning, flipping and float16,
+    the first extraction again gives the same stacks bit for bit, from the same buffers."""
+    from cryoflow.picking import extract
+
+    _synthetic(tmp_path)
+    monkeypatch.setattr(extract, "_SPARE_WORKSPACES", [])
+    args = (tmp_path / "mics.star", tmp_path)
+    run_extract(*args, tmp_path / "a", box=48, report=False)
+    kept = [id(w) for w in extract._SPARE_WORKSPACES]
+    assert kept
+    run_extract(*args, tmp_path / "b", box=32, binning=2.0, phase_flip=True, report=False)
+    run_extract(*args, tmp_path / "c", box=48, float16=True, report=False)
+    run_extract(*args, tmp_path / "e", box=64, report=False)
+    run_extract(*args, tmp_path / "d", box=48, report=False)
+    assert sorted(id(w) for w in extract._SPARE_WORKSPACES) == sorted(kept)
+    (_, first), (_, again) = _images(tmp_path / "a"), _images(tmp_path / "d")
+    assert np.array_equal(first, again)
+
+
+def test_float16_overflow_is_an_error_saying_so(tmp_path):
+    """Noise-free particles in 64 px boxes have an almost constant background ring, so normalized
+    values pass float16's 65,504: the step fails naming the micrograph and the cause (not NaN in
+    the data), and leaves no output; float32 stacks of the same boxes are written."""
+    _synthetic(tmp_path)
+    args = (tmp_path / "mics.star", tmp_path)
+    with pytest.raises(CryoflowError, match="exceed the range of float16") as error:
+        run_extract(*args, tmp_path / "out", box=64, float16=True, report=False)
+    assert error.value.path == str(tmp_path / "mic.mrc") and not (tmp_path / "out").exists()
+    run_extract(*args, tmp_path / "out32", box=64, report=False)
+    _, images = _images(tmp_path / "out32")
+    assert np.abs(images).max() > 65504 and np.isfinite(images).all()
+
+
 def test_float16_stacks_match_float32(tmp_path):
     """--float16 writes MRC mode 12 stacks holding the float32 particles to half precision, the same
     particles.star, and the summary and merged folders say so."""

@@ -45,7 +45,8 @@ the stack file (:func:`cryoflow.io.mrc_writer`, whose header statistics are gath
 the chunk), added to the report's average and sampled for its gallery while it is in cache,
 so no stack is ever held whole (a box holding NaN or Inf fails the step naming the
 micrograph: it makes the micrograph's sum of particles non-finite, checked once per
-micrograph instead of a pass over every box). Large temporaries (the binned micrograph's
+micrograph instead of a pass over every box; so does a normalized value beyond float16's
+range in float16 stacks, with its own message). Large temporaries (the binned micrograph's
 spectra, the chunk) are kept from micrograph to micrograph, and from one extraction to the next
 in the same process (:class:`particle_images.Workspace`, one per thread). The main thread
 only gathers each micrograph's counts, sum and gallery as it finishes (it shares the cores with
@@ -370,6 +371,23 @@ class _Cut:
     first: np.ndarray  # the first few particle images (the report's gallery)
 
 
+def _not_finite(image: np.ndarray, job: _Work, window: int, float16: bool) -> str:
+    """Why a micrograph's particles hold NaN or Inf (their sum is not finite): the error message.
+
+    Only called on failure, so the boxes are read again: a NaN or Inf in one of them, else values
+    that normalization made too large for the stack's dtype (a background with almost no
+    variation, e.g. noise-free or blank regions; float16 ends at 65,504)."""
+    x0 = pim.box_starts(job.x, window).tolist()
+    y0 = pim.box_starts(job.y, window).tolist()
+    if any(not np.isfinite(image[b : b + window, a : a + window]).all() for a, b in zip(x0, y0, strict=True)):
+        return "data contain NaN or Inf values (in the particles' boxes)"
+    dtype = "float16 (at most 65,504; write float32 stacks: no --float16)" if float16 else "float32"
+    return (
+        "normalized particle values exceed the range of "
+        f"{dtype}: a particle's background (outside the circle) is almost constant"
+    )
+
+
 #: Workspaces of finished extractions, for the next one in this process (:func:`_kept_workspaces`).
 _SPARE_WORKSPACES: list[pim.Workspace] = []
 _SPARE_LOCK = threading.Lock()
@@ -584,7 +602,7 @@ def run_extract(
                     first[n_first : n_first + more] = chunk[:more].numpy()
                     n_first += more
             if not torch.isfinite(total).all():  # a NaN or Inf in any box reaches the sum (particle_chunks)
-                raise CryoflowError(job.path, "data contain NaN or Inf values (in the particles' boxes)")
+                raise CryoflowError(job.path, _not_finite(image, job, choice.window, float16))
         del image, image_t
         return _Cut(n, total.reshape(choice.box, choice.box), first)
 
