@@ -411,10 +411,10 @@ def test_buffers_kept_between_extractions_change_nothing(tmp_path, monkeypatch):
     assert kept
     run_extract(*args, tmp_path / "b", box=32, binning=2.0, phase_flip=True, report=False)
     run_extract(*args, tmp_path / "c", box=48, float16=True, report=False)
-    run_extract(*args, tmp_path / "e", box=64, report=False)
-    run_extract(*args, tmp_path / "d", box=48, report=False)
+    run_extract(*args, tmp_path / "d", box=64, report=False)
+    run_extract(*args, tmp_path / "again", box=48, report=False)
     assert sorted(id(w) for w in extract._SPARE_WORKSPACES) == sorted(kept)
-    (_, first), (_, again) = _images(tmp_path / "a"), _images(tmp_path / "d")
+    (_, first), (_, again) = _images(tmp_path / "a"), _images(tmp_path / "again")
     assert np.array_equal(first, again)
 
 
