@@ -120,6 +120,27 @@ def test_report_average_is_the_mean_of_every_particle(tiny, tmp_path, monkeypatc
     np.testing.assert_allclose(seen["average"], images.astype(np.float64).mean(0), atol=1e-5)
 
 
+def test_numba_and_torch_normalization_write_the_same_stacks(tiny, tmp_path, monkeypatch):
+    """On the CPU chunks are normalized by numba (normalize_cpu, which also gives the header's sums), on a GPU by
+    torch (normalize_background): the torch path, forced onto the CPU, writes the same particles, and every
+    stack's header holds its data's min, max, mean and rms (as mrcfile computes them)."""
+    from cryoflow.picking import particle_images
+
+    args = (tiny / "truth/micrographs_truth.star", tiny / "truth/particles_truth.star")
+    run_extract(*args, tmp_path / "numba", diameter=120, report=False)
+    monkeypatch.setattr(particle_images, "NUMBA_DEVICES", ())
+    run_extract(*args, tmp_path / "torch", diameter=120, report=False)
+    _, fused = _images(tmp_path / "numba")
+    _, reference = _images(tmp_path / "torch")
+    np.testing.assert_allclose(fused, reference, atol=1e-4)
+    for path in sorted((tmp_path / "numba").rglob("*.mrcs")) + sorted((tmp_path / "torch").rglob("*.mrcs")):
+        with mrcfile.open(path) as mrc:
+            data = mrc.data.astype(np.float64)
+            expected = (data.min(), data.max(), data.mean(), data.std())
+            stored = [float(mrc.header[f]) for f in ("dmin", "dmax", "dmean", "rms")]
+            np.testing.assert_allclose(stored, expected, rtol=1e-5, atol=1e-6, err_msg=str(path))
+
+
 def test_cryosparc_export(truth_run, shared_data):
     out, summary = truth_run
     cs = np.load(out / "particles.cs")
@@ -175,8 +196,10 @@ def test_binning_halves_box_and_keeps_field(tiny, tmp_path):
     assert centre_offset(b.mean(0)) < 1.0  # still centred within a binned pixel
 
 
-def _synthetic(tmp_path, n_side=5, size=320, apix=2.0, defocus=12000.0):
-    """A micrograph of Gaussian blobs (positive density) imaged as RELION's model says: -CTF ⊗ blobs, particles dark."""
+def _synthetic(tmp_path, n_side=5, size=320, apix=2.0, defocus=12000.0, noise=1e-4):
+    """A micrograph of Gaussian blobs (positive density) imaged as RELION's model says: -CTF ⊗ blobs, particles dark,
+    plus Gaussian noise of standard deviation ``noise`` (the blobs' CTF fringes fade below float32's resolution of
+    the background: without noise the background ring is constant, and normalization gives zeros)."""
     from cryoflow.optics import ctf_values
 
     centres = [(40 + 60 * i + 0.0, 40 + 60 * j + 0.0) for i in range(n_side) for j in range(n_side)]
@@ -186,6 +209,7 @@ def _synthetic(tmp_path, n_side=5, size=320, apix=2.0, defocus=12000.0):
     kx = torch.fft.rfftfreq(size, d=apix, dtype=torch.float64)[None, :]
     ctf = ctf_values(ky, kx, defocus, defocus - 300, 30.0, 300.0, 2.7, 0.07).numpy()
     image = 10.0 - np.fft.irfft2(np.fft.rfft2(density) * ctf, s=(size, size))
+    image += np.random.default_rng(0).normal(0.0, noise, image.shape)
     write_mrc(tmp_path / "mic.mrc", image.astype(np.float32), apix)
     mics = pd.DataFrame(
         {"rlnMicrographName": ["mic.mrc"], "rlnOpticsGroup": [1], "rlnDefocusU": [defocus]}
@@ -303,7 +327,7 @@ def _cut(*args, **kwargs) -> torch.Tensor:
     """All of particle_chunks' images in one tensor (each chunk is a reused buffer: copied)."""
     from cryoflow.picking.particle_images import particle_chunks
 
-    return torch.cat([chunk.clone() for chunk in particle_chunks(*args, **kwargs)])
+    return torch.cat([chunk.images.clone() for chunk in particle_chunks(*args, **kwargs)])
 
 
 def test_whole_micrograph_binning_matches_per_window_binning(tmp_path):
@@ -419,10 +443,11 @@ def test_buffers_kept_between_extractions_change_nothing(tmp_path, monkeypatch):
 
 
 def test_float16_overflow_is_an_error_saying_so(tmp_path):
-    """Noise-free particles in 64 px boxes have an almost constant background ring, so normalized
-    values pass float16's 65,504: the step fails naming the micrograph and the cause (not NaN in
-    the data), and leaves no output; float32 stacks of the same boxes are written."""
-    _synthetic(tmp_path)
+    """Particles in 64 px boxes with almost no noise (1e-6 beside a background of 10) have an almost
+    constant background ring, so normalized values pass float16's 65,504: the step fails naming the
+    micrograph and the cause (not NaN in the data), and leaves no output; float32 stacks of the same
+    boxes are written."""
+    _synthetic(tmp_path, noise=1e-6)
     args = (tmp_path / "mics.star", tmp_path)
     with pytest.raises(CryoflowError, match="exceed the range of float16") as error:
         run_extract(*args, tmp_path / "out", box=64, float16=True, report=False)
@@ -470,34 +495,88 @@ def test_float16_stacks_match_float32(tmp_path):
         np.testing.assert_allclose(m16.data.astype(np.float32), m32.data, rtol=1e-3, atol=2e-3)
 
 
+def _least_squares_normalized(images: np.ndarray, bg_radius: float, ramp: bool) -> np.ndarray:
+    """``-(image - fit) / std`` of each image's background (numpy, float64): the plane (or mean) fitted by
+    least squares to the pixels farther than ``bg_radius`` from the centre, the std of its residual there."""
+    n, box, _ = images.shape
+    r = np.arange(box) - box // 2
+    yy, xx = np.meshgrid(r, r, indexing="ij")
+    mask = background_mask(box, bg_radius).numpy()
+    design = np.stack([np.ones(mask.sum()), xx[mask], yy[mask]], 1) if ramp else np.ones((mask.sum(), 1))
+    full = np.stack([np.ones(box * box), xx.ravel(), yy.ravel()], 1)[:, : design.shape[1]]
+    expected = []
+    for image in images.astype(np.float64):
+        coef, *_ = np.linalg.lstsq(design, image[mask], rcond=None)
+        residual = image - (full @ coef).reshape(box, box)
+        dof = mask.sum() - design.shape[1]
+        expected.append(-residual / np.sqrt((residual[mask] ** 2).sum() / dof))
+    return np.stack(expected)
+
+
+def _particles_on_ramps(n: int, box: int, offset: float, seed: int = 4) -> np.ndarray:
+    """Noise (std 1.5) on a tilted background at ``offset``, a bright disk inside the background circle (no weight)."""
+    rng = np.random.default_rng(seed)
+    r = np.arange(box) - box // 2
+    yy, xx = np.meshgrid(r, r, indexing="ij")
+    images = rng.normal(0, 1.5, (n, box, box)) + offset + 0.4 * xx - 0.25 * yy
+    images += 50.0 * ((yy**2 + xx**2) < 10**2)
+    return images.astype(np.float32)
+
+
 @pytest.mark.parametrize("ramp", [True, False])
 def test_background_normalization_matches_least_squares(ramp):
     """Each image minus its background's least-squares plane (or mean), over the residual's standard deviation,
     computed independently with numpy; the bright disk inside the background circle has no weight."""
     from cryoflow.picking.particle_images import normalize_background
 
-    rng = np.random.default_rng(4)
-    n, box, bg_radius = 5, 48, 18.0
-    r = np.arange(box) - box // 2
-    yy, xx = np.meshgrid(r, r, indexing="ij")
-    images = rng.normal(0, 1.5, (n, box, box)) + 30.0 + 0.4 * xx - 0.25 * yy
-    images += 50.0 * ((yy**2 + xx**2) < 10**2)  # a particle: outside the fit
-    mask = background_mask(box, bg_radius).numpy()
-    design = np.stack([np.ones(mask.sum()), xx[mask], yy[mask]], 1) if ramp else np.ones((mask.sum(), 1))
-    full = np.stack([np.ones(box * box), xx.ravel(), yy.ravel()], 1)[:, : design.shape[1]]
-    expected = []
-    for image in images:
-        coef, *_ = np.linalg.lstsq(design, image[mask], rcond=None)
-        residual = image - (full @ coef).reshape(box, box)
-        dof = mask.sum() - design.shape[1]
-        expected.append(-residual / np.sqrt((residual[mask] ** 2).sum() / dof))
-    batch = torch.tensor(images, dtype=torch.float32)
+    images, bg_radius = _particles_on_ramps(5, 48, 30.0), 18.0
+    expected = _least_squares_normalized(images, bg_radius, ramp)
+    batch = torch.tensor(images)
     result = normalize_background(batch, bg_radius, ramp=ramp, scale=-1.0).numpy()
-    np.testing.assert_allclose(result, np.stack(expected), atol=2e-4)
+    np.testing.assert_allclose(result, expected, atol=2e-4)
     in_place = normalize_background(batch, bg_radius, ramp=ramp, scale=-1.0, out=batch).numpy()
     np.testing.assert_allclose(in_place, result, atol=1e-6)
-    blank = normalize_background(torch.zeros(2, box, box), bg_radius, ramp=ramp)  # a flat background: zeros
-    assert torch.equal(blank, torch.zeros(2, box, box))
+    blank = normalize_background(torch.zeros(2, 48, 48), bg_radius, ramp=ramp)  # a flat background: zeros
+    assert torch.equal(blank, torch.zeros(2, 48, 48))
+
+
+@pytest.mark.parametrize("ramp", [True, False])
+@pytest.mark.parametrize("offset", [30.0, 1e4])
+def test_cpu_normalization_matches_least_squares(ramp, offset):
+    """The CPU's two-pass normalization (numba, variance from moments) gives the least-squares result,
+    also on a background far from zero (1e4 beside noise of 1.5: the moments are taken about the box's
+    first pixel, not zero); it adds the images to the running total and sums their values and squares."""
+    from cryoflow.picking import normalize_cpu
+
+    images, bg_radius = _particles_on_ramps(5, 48, offset), 18.0
+    expected = _least_squares_normalized(images, bg_radius, ramp)
+    total, sums = np.ones((48, 48), np.float32), np.zeros(2)
+    result = normalize_cpu.normalize_chunk(images, normalize_cpu.background_fit(48, bg_radius, ramp), -1.0, total, sums)
+    assert result is images  # in place
+    np.testing.assert_allclose(result, expected, atol=2e-4)
+    np.testing.assert_allclose(total, 1 + result.sum(0), atol=1e-4)
+    np.testing.assert_allclose(
+        sums, [result.astype(np.float64).sum(), (result.astype(np.float64) ** 2).sum()], rtol=1e-5
+    )
+
+
+def test_cpu_normalization_of_flat_and_non_finite_boxes():
+    """A flat background gives zeros (as normalize_background); a NaN or Inf anywhere in a box, inside the
+    circle too, makes that whole image NaN and reaches the total and the sums; the other boxes are untouched."""
+    from cryoflow.picking import normalize_cpu
+
+    fit = normalize_cpu.background_fit(32, 12.0)
+    images = _particles_on_ramps(4, 32, 5.0)
+    images[0] = 7.0  # flat
+    images[1, 16, 16] = np.nan  # inside the circle: no weight in the fit, still NaN
+    images[2, 0, 5] = np.inf  # on the background ring
+    expected = _least_squares_normalized(images[3:], 12.0, True)
+    total, sums = np.zeros((32, 32), np.float32), np.zeros(2)
+    normalize_cpu.normalize_chunk(images, fit, -1.0, total, sums)
+    assert (images[0] == 0).all()
+    assert np.isnan(images[1]).all() and np.isnan(images[2]).all()
+    np.testing.assert_allclose(images[3], expected[0], atol=2e-4)
+    assert np.isnan(total).all() and np.isnan(sums).all()
 
 
 @pytest.mark.parametrize(

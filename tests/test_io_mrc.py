@@ -198,6 +198,25 @@ def test_header_stats_as_mrcfile(tmp_path, dtype, mean):
     assert again.read_bytes() == ours.read_bytes()
 
 
+@pytest.mark.parametrize("mean", [0.05, 30.0])
+def test_header_stats_from_given_sums(mean):
+    """A caller's sum and sum of squares (extraction has them from normalizing) give the statistics read
+    from the data; where the mean is large beside the spread (they would cancel) the data are read instead."""
+    from cryoflow.io.mrc import HeaderStats
+
+    rng = np.random.default_rng(3)
+    parts = [(rng.standard_normal((4, 50, 50)) + mean).astype(np.float32) for _ in range(3)]
+    read, given = HeaderStats(), HeaderStats()
+    for part in parts:
+        read.add(part)
+        wide = part.astype(np.float64)
+        given.add(part, (wide.sum(), (wide**2).sum()))
+    data = np.concatenate(parts).astype(np.float64)
+    expected = (data.min(), data.max(), data.mean(), data.std())
+    np.testing.assert_allclose(read.result(), expected, rtol=1e-6)
+    np.testing.assert_allclose(given.result(), expected, rtol=1e-6)
+
+
 def test_read_micrograph_memory_mapped(tmp_path):
     data = np.random.default_rng(2).standard_normal((64, 80)).astype(np.float32)
     path = write_mrc(tmp_path / "m.mrc", data, pixel_size=1.2)

@@ -333,11 +333,14 @@ class MrcWriter:
         self._rows = 0
         self._offset = header.nbytes  # no extended header
 
-    def write(self, part: np.ndarray, values: np.ndarray | None = None) -> None:
+    def write(
+        self, part: np.ndarray, values: np.ndarray | None = None, sums: tuple[float, float] | None = None
+    ) -> None:
         """Append ``part``: ``(k, *shape[1:])`` of the file's dtype, the next ``k`` slices.
 
         ``values``: the same numbers in float32, when the caller has them (e.g. a float16 part
-        converted back): the statistics are taken from them instead of converting ``part``."""
+        converted back): the statistics are taken from them instead of converting ``part``.
+        ``sums``: their sum and sum of squares, when the caller has them (:meth:`HeaderStats.add`)."""
         if part.dtype != self._dtype or part.shape[1:] != self._shape[1:]:
             raise ValueError(f"part {part.shape} {part.dtype} does not fit {self._shape} {self._dtype}")
         if self._rows + len(part) > self._shape[0]:
@@ -345,7 +348,7 @@ class MrcWriter:
         if values is not None and (values.dtype != np.float32 or values.shape != part.shape):
             raise ValueError(f"values {values.shape} {values.dtype} are not part {part.shape} in float32")
         flat = np.ascontiguousarray(part).reshape(-1)
-        self._stats.add(flat if values is None else values)
+        self._stats.add(flat if values is None else values, sums)
         raw, done = flat.view(np.uint8), 0
         while done < raw.size:
             written = os.pwrite(self._fh.fileno(), raw[done : done + WRITE_CHUNK], self._offset)
@@ -354,6 +357,10 @@ class MrcWriter:
             done += written
             self._offset += written
         self._rows += len(part)
+
+    def statistics(self) -> tuple[float, float, float, float]:
+        """``(min, max, mean, rms)`` of the data written so far (NaN or Inf where the data hold any)."""
+        return self._stats.result()
 
     def close(self) -> None:
         """Write the header with the statistics; the data must be complete."""
@@ -413,8 +420,18 @@ class HeaderStats:
         self._mean, self._m2, self._count = 0.0, 0.0, 0
         self._buffer = np.empty(0, np.float32)  # other dtypes converted here: no fresh memory per chunk
 
-    def add(self, values: np.ndarray) -> None:
+    def add(self, values: np.ndarray, sums: tuple[float, float] | None = None) -> None:
+        """Take in ``values``; ``sums``: their sum and sum of squares when the caller has them (read only for
+        the min and max then), for values whose mean is small beside their spread (e.g. normalized particles)."""
         flat = values.reshape(-1)
+        if sums is not None and flat.size:
+            total, squares = sums
+            k = flat.size
+            if (total / k) * total < 0.5 * squares:  # no cancellation to fear (else the values are read)
+                self._lows.append(flat.min())
+                self._highs.append(flat.max())
+                self._merge(total / k, squares - total * total / k, k)
+                return
         if flat.dtype != np.float32 and self._buffer.size < min(flat.size, STATS_CHUNK):
             self._buffer = np.empty(min(flat.size, STATS_CHUNK), np.float32)
         for start in range(0, flat.size, STATS_CHUNK):
@@ -431,11 +448,15 @@ class HeaderStats:
             else:
                 dev = part - np.float32(part_mean)
                 part_m2 = float(np.dot(dev, dev)) - k * float(dev.mean()) ** 2  # about the exact chunk mean
-            delta = part_mean - self._mean
-            total = self._count + k
-            self._mean += delta * k / total
-            self._m2 += part_m2 + delta * delta * self._count * k / total
-            self._count = total
+            self._merge(part_mean, part_m2, k)
+
+    def _merge(self, mean: float, m2: float, k: int) -> None:
+        """Merge a part of ``k`` values of ``mean`` and summed squared deviations ``m2`` (Chan et al.)."""
+        delta = mean - self._mean
+        total = self._count + k
+        self._mean += delta * k / total
+        self._m2 += m2 + delta * delta * self._count * k / total
+        self._count = total
 
     def result(self) -> tuple[float, float, float, float]:
         if self._count == 0:

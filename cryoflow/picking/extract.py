@@ -40,18 +40,20 @@ before any work. Then micrographs are cut in parallel, one per CPU thread (torch
 count, at most :data:`MAX_WORKERS`; one on a GPU), each thread reading its micrograph
 (memory-mapped; the kernel is asked to read each file ahead when its micrograph is queued,
 :func:`cryoflow.io.prefetch`) and streaming its particles a few MiB at a time
-(:func:`particle_images.particle_chunks`): each chunk is cut, flipped, normalized, written to
-the stack file (:func:`cryoflow.io.mrc_writer`, whose header statistics are gathered from
-the chunk), added to the report's average and sampled for its gallery while it is in cache,
-so no stack is ever held whole (a box holding NaN or Inf fails the step naming the
-micrograph: it makes the micrograph's sum of particles non-finite, checked once per
-micrograph instead of a pass over every box; so does a normalized value beyond float16's
-range in float16 stacks, with its own message). Large temporaries (the binned micrograph's
-spectra, the chunk) are kept from micrograph to micrograph, and from one extraction to the next
-in the same process (:class:`particle_images.Workspace`, one per thread). The main thread
-only gathers each micrograph's counts, sum and gallery as it finishes (it shares the cores with
-the workers) and builds ``particles.star``'s table at once at the end. ``cryoflow bench
-extract`` measures particles/s.
+(:func:`particle_images.particle_chunks`): each chunk is cut, flipped, normalized and added to
+the report's average (on the CPU in two passes compiled by numba, which also give the chunk's
+sum and sum of squares: :mod:`cryoflow.picking.normalize_cpu`), written to the stack file
+(:func:`cryoflow.io.mrc_writer`, whose header statistics take those sums and read a float32
+chunk only for its min and max) and sampled for its gallery while it is in cache, so no stack
+is ever held whole. A box holding NaN or Inf fails the step naming the micrograph: it makes
+the stack's statistics non-finite, checked once per micrograph instead of a pass over every
+box; so does a normalized value beyond float16's range in float16 stacks, with its own
+message. Large temporaries (the binned micrograph's spectra, the chunk) are kept from
+micrograph to micrograph, and from one extraction to the next in the same process
+(:class:`particle_images.Workspace`, one per thread). The main thread only gathers each
+micrograph's counts, sum and gallery as it finishes (it shares the cores with the workers)
+and builds ``particles.star``'s table at once at the end. ``cryoflow bench extract`` measures
+particles/s.
 
 Outputs in ``out`` (built in a temporary folder and renamed when complete)
 ---------------------------------------------------------------------------
@@ -582,29 +584,30 @@ def run_extract(
                 device=device,
             )[0]
         n, pixel_size = len(job.x), apix * choice.window / choice.box
-        total = torch.zeros(1, choice.box * choice.box)  # the report's average, summed (float32: one micrograph's)
+        # the report's average, summed as the chunks are made (float32: one micrograph's)
+        total = torch.zeros(choice.box, choice.box, device=device)
         first = np.empty((min(take, n), choice.box, choice.box), np.float32)  # the report's gallery
         n_first = 0
         args = (choice.box, choice.window, bg_radius, flip, ramp)
-        chunks = pim.particle_chunks(image_t, job.x, job.y, *args, workspace=workspace, source=job.path)
+        chunks = pim.particle_chunks(image_t, job.x, job.y, *args, workspace=workspace, source=job.path, total=total)
         shape = (n, choice.box, choice.box)
         with mrc_writer(tmp / stack_name(job.name), shape, pixel_size, stack=True, dtype=np_dtype) as writer:
-            for chunk in chunks:  # each written, summed and sampled while in cache
-                chunk = chunk.cpu()
-                stored = chunk
-                if float16:  # the values as stored (rounded) kept in float32 for the statistics, sum and gallery
-                    stored = workspace.get("half", chunk.shape, torch.float16).copy_(chunk)
-                    chunk.copy_(stored)
-                writer.write(stored.numpy(), values=chunk.numpy())
-                torch.addmm(total, torch.ones(1, len(chunk)), chunk.reshape(len(chunk), -1), out=total)  # in place
+            for chunk in chunks:  # each written and sampled while in cache
+                images = chunk.images.cpu()
+                if float16:  # the values as stored (rounded), in float32 for the statistics and the gallery
+                    stored = workspace.get("half", images.shape, torch.float16).copy_(images)
+                    images.copy_(stored)
+                    writer.write(stored.numpy(), values=images.numpy())
+                else:
+                    writer.write(images.numpy(), sums=(chunk.sum, chunk.squares))
                 if n_first < len(first):  # copies: the chunk's buffer is reused
-                    more = min(len(first) - n_first, len(chunk))
-                    first[n_first : n_first + more] = chunk[:more].numpy()
+                    more = min(len(first) - n_first, len(images))
+                    first[n_first : n_first + more] = images[:more].numpy()
                     n_first += more
-            if not torch.isfinite(total).all():  # a NaN or Inf in any box reaches the sum (particle_chunks)
+            if not all(map(math.isfinite, writer.statistics())):  # a NaN or Inf in a box, a float16 overflow
                 raise CryoflowError(job.path, _not_finite(image, job, choice.window, float16))
         del image, image_t
-        return _Cut(n, total.reshape(choice.box, choice.box), first)
+        return _Cut(n, total.cpu(), first)
 
     # micrographs cut in parallel, one per thread (each thread's torch work on one core), results in order
     workers = max(1, min(torch.get_num_threads(), MAX_WORKERS, len(work))) if device.type == "cpu" else 1

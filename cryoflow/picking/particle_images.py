@@ -26,6 +26,7 @@ import math
 from collections.abc import Iterator
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from cryoflow.errors import CryoflowError
@@ -44,6 +45,17 @@ ROW_BLOCK = 64
 #: runs of box 288, medians 4,927-6,781 against 6,646-7,240 particles/s (bin 2: 5,741 against 6,247);
 #: 1.3 MiB chunks were as fast as 2 MiB.
 CHUNK_PIXELS = 1 << 19
+#: Devices whose chunks :func:`particle_chunks` normalizes with :mod:`cryoflow.picking.normalize_cpu` (numba, two
+#: passes); on others (GPUs) :func:`normalize_background` (torch) does.
+NUMBA_DEVICES = ("cpu",)
+
+
+class Chunk(NamedTuple):
+    """A chunk of particle images (:func:`particle_chunks`) and the sum and sum of squares of its values."""
+
+    images: torch.Tensor  #: (k, box, box) float32, a reused buffer
+    sum: float
+    squares: float
 
 
 class Workspace:
@@ -409,16 +421,22 @@ def particle_chunks(
     max_pixels: int | None = None,
     workspace: Workspace | None = None,
     source=None,
-) -> Iterator[torch.Tensor]:
+    total: torch.Tensor | None = None,
+) -> Iterator[Chunk]:
     """Particle images (particles white, normalized) from one micrograph, ``max_pixels`` output pixels at a time
     (:data:`CHUNK_PIXELS` if ``None``).
 
-    Yields ``(k, box, box)`` float32 chunks in the order of ``x, y`` (``(N,)`` coordinates in
-    micrograph pixels whose ``window``-pixel boxes lie inside ``image`` ``(H, W)``, see
-    :func:`inside`); each chunk is a buffer of ``workspace``, valid until the next is asked
-    for. A chunk (2 MiB by default) stays in cache while it is cut, flipped and normalized and
-    while the caller uses it (writes it to the stack file, adds it to an average): a whole
-    stack is never held, and no pass of any step goes out to memory.
+    Yields a :class:`Chunk` at a time: ``(k, box, box)`` float32 images in the order of ``x, y``
+    (``(N,)`` coordinates in micrograph pixels whose ``window``-pixel boxes lie inside ``image``
+    ``(H, W)``, see :func:`inside`), a buffer of ``workspace`` valid until the next chunk is
+    asked for, with the sum and the sum of squares of its values (an MRC header's statistics).
+    Each image is also added to ``total`` (``(box, box)`` float32 on the image's device, when
+    given: the report's average). A chunk (2 MiB by default) stays in cache while it is cut,
+    flipped and normalized and while the caller uses it (writes it to the stack file): a whole
+    stack is never held, and no pass of any step goes out to memory. On the devices of
+    :data:`NUMBA_DEVICES` (the CPU) the normalization, the sums and the total are two passes
+    over the chunk (:mod:`cryoflow.picking.normalize_cpu`); elsewhere :func:`normalize_background`
+    and torch reductions.
 
     Binning (``box < window``) is done on the whole micrograph once (:func:`bin_micrograph`,
     one FFT of the micrograph instead of one per particle) and the ``box``-pixel boxes are cut
@@ -432,8 +450,8 @@ def particle_chunks(
     (checked on the binned micrograph) raises a :class:`CryoflowError` naming ``source`` (the
     micrograph's path). Without binning the boxes are not checked here (it would be a pass over
     every chunk): a NaN or Inf in a box comes out as NaN or Inf in that particle image
-    (normalizing never removes one), so a caller checks a sum of the images it makes anyway
-    (extraction: the sum behind the report's average, one check per micrograph).
+    (normalizing never removes one) and in the chunk's sums, so a caller checks sums it needs
+    anyway (extraction: the stack's header statistics, one check per micrograph).
     """
     workspace = workspace or Workspace()
     if box != window:
@@ -449,8 +467,22 @@ def particle_chunks(
     n = len(x0)
     chunk = max(1, (max_pixels or CHUNK_PIXELS) // box**2)
     scratch = workspace.get("chunk", (min(chunk, n), box, box), device=image.device)
+    total = torch.zeros(box, box, device=image.device) if total is None else total
+    fused = image.device.type in NUMBA_DEVICES
+    if fused:  # numba: imported (0.3 s) only where needed
+        from cryoflow.picking import normalize_cpu
+
+        fit = normalize_cpu.background_fit(box, float(bg_radius), ramp)
     for s in range(0, n, chunk):
         boxes = copy_boxes(image, y0[s : s + chunk], x0[s : s + chunk], scratch[: min(chunk, n - s)])
         if flip_sign is not None:
             boxes.copy_(torch.fft.irfft2(torch.fft.rfft2(boxes) * flip_sign, s=(box, box)))
-        yield normalize_background(boxes, bg_radius, ramp=ramp, scale=-1.0, out=boxes, workspace=workspace)
+        if fused:  # two passes, the sums on the way (normalize_cpu)
+            sums = np.zeros(2)
+            normalize_cpu.normalize_chunk(boxes.numpy(), fit, -1.0, total.numpy(), sums)
+            yield Chunk(boxes, float(sums[0]), float(sums[1]))
+        else:
+            normalize_background(boxes, bg_radius, ramp=ramp, scale=-1.0, out=boxes, workspace=workspace)
+            total.add_(boxes.sum(dim=0))
+            flat = boxes.reshape(-1).double()
+            yield Chunk(boxes, float(flat.sum()), float(flat.dot(flat)))
