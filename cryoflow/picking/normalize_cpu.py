@@ -160,3 +160,11 @@ def normalize_chunk(
     factors[flat | np.isinf(factors)] = 0.0  # NaN stays NaN: the whole image becomes NaN
     _apply(boxes, coeffs, factors, fit.offsets, total, sums)
     return boxes
+
+
+def compile_kernels() -> None:
+    """Compile (or load from the cache) the kernels for the array types extraction passes. The container images
+    run this at build time: a check that they compile, and their cache for containers run writable (numba uses a
+    cache only where it can write; read-only containers compile in each process, about 1 s)."""
+    boxes = np.random.default_rng(0).normal(size=(2, 16, 16)).astype(np.float32)
+    normalize_chunk(boxes, background_fit(16, 6.0), -1.0, np.zeros((16, 16), np.float32), np.zeros(2))
