@@ -121,7 +121,7 @@ def test_report_average_is_the_mean_of_every_particle(tiny, tmp_path, monkeypatc
 
 
 def test_numba_and_torch_normalization_write_the_same_stacks(tiny, tmp_path, monkeypatch):
-    """On the CPU chunks are normalized by numba (normalize_cpu, which also gives the header's sums), on a GPU by
+    """On the CPU chunks are normalized by numba (cpu_kernels, which also gives the header's sums), on a GPU by
     torch (normalize_background): the torch path, forced onto the CPU, writes the same particles, and every
     stack's header holds its data's min, max, mean and rms (as mrcfile computes them)."""
     from cryoflow.picking import particle_images
@@ -546,12 +546,12 @@ def test_cpu_normalization_matches_least_squares(ramp, offset):
     """The CPU's two-pass normalization (numba, variance from moments) gives the least-squares result,
     also on a background far from zero (1e4 beside noise of 1.5: the moments are taken about the box's
     first pixel, not zero); it adds the images to the running total and sums their values and squares."""
-    from cryoflow.picking import normalize_cpu
+    from cryoflow.picking import cpu_kernels
 
     images, bg_radius = _particles_on_ramps(5, 48, offset), 18.0
     expected = _least_squares_normalized(images, bg_radius, ramp)
     total, sums = np.ones((48, 48), np.float32), np.zeros(2)
-    result = normalize_cpu.normalize_chunk(images, normalize_cpu.background_fit(48, bg_radius, ramp), -1.0, total, sums)
+    result = cpu_kernels.normalize_chunk(images, cpu_kernels.background_fit(48, bg_radius, ramp), -1.0, total, sums)
     assert result is images  # in place
     np.testing.assert_allclose(result, expected, atol=2e-4)
     np.testing.assert_allclose(total, 1 + result.sum(0), atol=1e-4)
@@ -563,16 +563,16 @@ def test_cpu_normalization_matches_least_squares(ramp, offset):
 def test_cpu_normalization_of_flat_and_non_finite_boxes():
     """A flat background gives zeros (as normalize_background); a NaN or Inf anywhere in a box, inside the
     circle too, makes that whole image NaN and reaches the total and the sums; the other boxes are untouched."""
-    from cryoflow.picking import normalize_cpu
+    from cryoflow.picking import cpu_kernels
 
-    fit = normalize_cpu.background_fit(32, 12.0)
+    fit = cpu_kernels.background_fit(32, 12.0)
     images = _particles_on_ramps(4, 32, 5.0)
     images[0] = 7.0  # flat
     images[1, 16, 16] = np.nan  # inside the circle: no weight in the fit, still NaN
     images[2, 0, 5] = np.inf  # on the background ring
     expected = _least_squares_normalized(images[3:], 12.0, True)
     total, sums = np.zeros((32, 32), np.float32), np.zeros(2)
-    normalize_cpu.normalize_chunk(images, fit, -1.0, total, sums)
+    cpu_kernels.normalize_chunk(images, fit, -1.0, total, sums)
     assert (images[0] == 0).all()
     assert np.isnan(images[1]).all() and np.isnan(images[2]).all()
     np.testing.assert_allclose(images[3], expected[0], atol=2e-4)
@@ -586,12 +586,18 @@ def test_cpu_normalization_of_flat_and_non_finite_boxes():
         ((128, 96), 16, 64),  # by 4
         ((90, 120), 32, 48),  # by 1.5
         ((63, 70), 16, 32),  # by 2, an odd side: padded with the mean
+        ((160, 96), 16, 32),  # by 2, blocks of 64 rows and a last one of 32
     ],
 )
-def test_bin_micrograph_is_a_separable_fourier_crop(shape, box, window):
+@pytest.mark.parametrize("numba_split", [True, False])
+def test_bin_micrograph_is_a_separable_fourier_crop(shape, box, window, numba_split, monkeypatch):
     """Binning agrees with numpy in float64: pad with the mean to padded_size, then along each axis
-    irfft(rfft(x)[: m // 2 + 1], m) * m / n (the new Nyquist keeps the real part)."""
+    irfft(rfft(x)[: m // 2 + 1], m) * m / n (the new Nyquist keeps the real part). Halving splits the
+    rows into even and odd samples with numba on the CPU, with torch's copies on a GPU (forced here)."""
     from cryoflow.picking import particle_images as pim
+
+    if not numba_split:
+        monkeypatch.setattr(pim, "NUMBA_DEVICES", ())
 
     rng = np.random.default_rng(4)
     image = (3 + rng.standard_normal(shape)).astype(np.float32)

@@ -42,7 +42,7 @@ count, at most :data:`MAX_WORKERS`; one on a GPU), each thread reading its micro
 :func:`cryoflow.io.prefetch`) and streaming its particles a few MiB at a time
 (:func:`particle_images.particle_chunks`): each chunk is cut, flipped, normalized and added to
 the report's average (on the CPU in two passes compiled by numba, which also give the chunk's
-sum and sum of squares: :mod:`cryoflow.picking.normalize_cpu`), written to the stack file
+sum and sum of squares: :mod:`cryoflow.picking.cpu_kernels`), written to the stack file
 (:func:`cryoflow.io.mrc_writer`, whose header statistics take those sums and read a float32
 chunk only for its min and max) and sampled for its gallery while it is in cache, so no stack
 is ever held whole. A box holding NaN or Inf fails the step naming the micrograph: it makes

@@ -33,7 +33,7 @@ system time of the same configuration still varies from run to run (box 288: 0.1
 were deleted right after it; 0.11-0.30 s over seven runs with the 2 MiB chunks of
 :data:`particle_images.CHUNK_PIXELS`, medians of 2,827-5,544 particles/s).
 
-Since normalization runs in two numba passes (:mod:`cryoflow.picking.normalize_cpu`), four
+Since normalization runs in two numba passes (:mod:`cryoflow.picking.cpu_kernels`), four
 runs of this bench here gave medians of 6,241-8,161 particles/s for the automatic box (user
 CPU 0.135-0.164 s per 1,000 particles, against about 0.30 s before), 6,915-8,372 in float16,
 5,067-5,408 for bin 4 + phase flip and 4,621-5,704 for bin 2. The binned configurations are

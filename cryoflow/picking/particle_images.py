@@ -45,8 +45,9 @@ ROW_BLOCK = 64
 #: runs of box 288, medians 4,927-6,781 against 6,646-7,240 particles/s (bin 2: 5,741 against 6,247);
 #: 1.3 MiB chunks were as fast as 2 MiB.
 CHUNK_PIXELS = 1 << 19
-#: Devices whose chunks :func:`particle_chunks` normalizes with :mod:`cryoflow.picking.normalize_cpu` (numba, two
-#: passes); on others (GPUs) :func:`normalize_background` (torch) does.
+#: Devices whose work runs in the numba kernels of :mod:`cryoflow.picking.cpu_kernels`: :func:`particle_chunks`
+#: normalizes chunks in two passes, :func:`halve` splits rows into even and odd samples in one; on others (GPUs)
+#: torch does (:func:`normalize_background`, strided copies).
 NUMBA_DEVICES = ("cpu",)
 
 
@@ -259,6 +260,21 @@ def _half_pixel_shift(m: int, device: torch.device) -> torch.Tensor:
     return (0.5 * torch.polar(torch.ones_like(f), -math.pi * f / m)).to(torch.complex64).to(device)
 
 
+def _split_samples(rows: torch.Tensor, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The even and the odd samples of ``rows`` ``(n, 2 m)``, contiguous, in ``out`` ``(2, n, m)``: ``out[0], out[1]``.
+
+    On the devices of :data:`NUMBA_DEVICES` one pass (:func:`cpu_kernels.split_samples`; torch's
+    strided copies take 6-7 times as long on the CPU), elsewhere two copies."""
+    if rows.device.type in NUMBA_DEVICES and rows.is_contiguous():
+        from cryoflow.picking import cpu_kernels  # numba: imported (0.3 s) only where needed
+
+        cpu_kernels.split_samples(rows.numpy(), out[0].numpy(), out[1].numpy())
+    else:
+        out[0].copy_(rows[:, 0::2])
+        out[1].copy_(rows[:, 1::2])
+    return out[0], out[1]
+
+
 def halve(image: torch.Tensor, workspace: Workspace | None = None) -> torch.Tensor:
     """Fourier-bin ``image`` ``(H, W)`` (even sides) by 2: ``(H / 2, W / 2)``, as :func:`bin_micrograph` bins.
 
@@ -267,9 +283,11 @@ def halve(image: torch.Tensor, workspace: Workspace | None = None) -> torch.Tens
     odd ones moved back by half a sample (``irfft(rfft(odd) exp(-i pi f / m), m)``): one
     transform pair of half length on half the data instead of a full-length transform of all
     of it (measured on a 4096² micrograph, one core: 50 ms instead of 70). Along x in blocks
-    of ``ROW_BLOCK`` rows, along y in blocks of ``ROW_BLOCK`` columns (transforms along dim 0;
-    a strided store of the result would be slow, so torch's transposed result is written to a
-    contiguous buffer first). The result is a buffer of ``workspace``.
+    of ``ROW_BLOCK`` rows, each split into its even and odd samples first (contiguous, so that
+    the FFT and the sum read contiguous rows: :func:`_split_samples`); along y in blocks of
+    ``ROW_BLOCK`` columns (transforms along dim 0; a strided store of the result would be
+    slow, so torch's transposed result is written to a contiguous buffer first). The result is
+    a buffer of ``workspace``.
     """
     h, w = image.shape
     if h % 2 or w % 2:
@@ -278,10 +296,12 @@ def halve(image: torch.Tensor, workspace: Workspace | None = None) -> torch.Tens
     mh, mw = h // 2, w // 2
     shift = _half_pixel_shift(mw, image.device)
     rows = workspace.get("halve_rows", (h, mw), torch.float32, image.device)  # binned along x
+    samples = workspace.get("halve_samples", (2, min(ROW_BLOCK, h), mw), torch.float32, image.device)
     for r in range(0, h, ROW_BLOCK):
         block = image[r : r + ROW_BLOCK].float()
-        odd = torch.fft.irfft(torch.fft.rfft(block[:, 1::2], dim=1).mul_(shift), n=mw, dim=1)
-        torch.add(odd, block[:, 0::2], alpha=0.5, out=rows[r : r + ROW_BLOCK])
+        even, odd = _split_samples(block, samples[:, : len(block)])
+        torch.fft.irfft(torch.fft.rfft(odd, dim=1).mul_(shift), n=mw, dim=1, out=odd)
+        torch.add(odd, even, alpha=0.5, out=rows[r : r + ROW_BLOCK])
     shift = _half_pixel_shift(mh, image.device)[:, None]
     out = workspace.get("bin_image", (mh, mw), torch.float32, image.device)
     for c in range(0, mw, ROW_BLOCK):
@@ -435,7 +455,7 @@ def particle_chunks(
     flipped and normalized and while the caller uses it (writes it to the stack file): a whole
     stack is never held, and no pass of any step goes out to memory. On the devices of
     :data:`NUMBA_DEVICES` (the CPU) the normalization, the sums and the total are two passes
-    over the chunk (:mod:`cryoflow.picking.normalize_cpu`); elsewhere :func:`normalize_background`
+    over the chunk (:mod:`cryoflow.picking.cpu_kernels`); elsewhere :func:`normalize_background`
     and torch reductions.
 
     Binning (``box < window``) is done on the whole micrograph once (:func:`bin_micrograph`,
@@ -470,16 +490,16 @@ def particle_chunks(
     total = torch.zeros(box, box, device=image.device) if total is None else total
     fused = image.device.type in NUMBA_DEVICES
     if fused:  # numba: imported (0.3 s) only where needed
-        from cryoflow.picking import normalize_cpu
+        from cryoflow.picking import cpu_kernels
 
-        fit = normalize_cpu.background_fit(box, float(bg_radius), ramp)
+        fit = cpu_kernels.background_fit(box, float(bg_radius), ramp)
     for s in range(0, n, chunk):
         boxes = copy_boxes(image, y0[s : s + chunk], x0[s : s + chunk], scratch[: min(chunk, n - s)])
         if flip_sign is not None:
             boxes.copy_(torch.fft.irfft2(torch.fft.rfft2(boxes) * flip_sign, s=(box, box)))
-        if fused:  # two passes, the sums on the way (normalize_cpu)
+        if fused:  # two passes, the sums on the way (cpu_kernels)
             sums = np.zeros(2)
-            normalize_cpu.normalize_chunk(boxes.numpy(), fit, -1.0, total.numpy(), sums)
+            cpu_kernels.normalize_chunk(boxes.numpy(), fit, -1.0, total.numpy(), sums)
             yield Chunk(boxes, float(sums[0]), float(sums[1]))
         else:
             normalize_background(boxes, bg_radius, ramp=ramp, scale=-1.0, out=boxes, workspace=workspace)

@@ -1,6 +1,7 @@
-"""RELION's background normalization of particle images on the CPU, in two passes over a chunk (numba).
+"""Extraction's CPU kernels, compiled by numba: background normalization in two passes, and the split of rows
+into even and odd samples for Fourier binning by 2.
 
-The result is :func:`particle_images.normalize_background`'s (a plane fitted by least squares to
+**Normalization** (:func:`normalize_chunk`). The result is :func:`particle_images.normalize_background`'s (a plane fitted by least squares to
 the background ring and subtracted, then the background's standard deviation scaled to 1),
 computed in two passes over each chunk of boxes instead of five, the second also summing the
 images into the report's average and giving the header statistics' sum and sum of squares:
@@ -29,6 +30,16 @@ image NaN (the sums and the running total carry it: extraction checks the stack'
 statistics); a flat background (zero variance) gives zeros, as in
 :func:`particle_images.normalize_background`. The floating-point flags allow reordering sums
 (vector lanes) but keep NaN and Inf semantics.
+
+**Even and odd samples** (:func:`split_samples`). :func:`particle_images.halve` bins a row by
+2 as the mean of its even samples and its odd ones moved by half a sample (an FFT pair): the
+two come out contiguous from one pass over the rows, so that the FFT and the sum read
+contiguous rows. Measured here on one core, per 4096² micrograph: the split takes 1.6 ms
+(torch's strided copies 10-11 ms), and spares 1.3 ms of the FFT on strided samples and 2.4 ms
+of the sum with strided samples; the whole halving takes 34.6-35.3 ms against 37.0-38.2 ms
+(fastest of 25). In extraction with ``--bin 2`` (2 workers, 12 micrographs, 11 alternated
+runs twice) the user CPU time fell from 0.295 to 0.275-0.283 s per 1,000 particles; the rates
+moved less than the machine's own spread.
 """
 
 from __future__ import annotations
@@ -162,9 +173,24 @@ def normalize_chunk(
     return boxes
 
 
+@_compiled
+def _split(rows, even, odd):  # pragma: no cover - compiled
+    """``even[i, j] = rows[i, 2 j]``, ``odd[i, j] = rows[i, 2 j + 1]``."""
+    for i in range(even.shape[0]):
+        for j in range(even.shape[1]):
+            even[i, j] = rows[i, 2 * j]
+            odd[i, j] = rows[i, 2 * j + 1]
+
+
+def split_samples(rows: np.ndarray, even: np.ndarray, odd: np.ndarray) -> None:
+    """The even and the odd samples of ``rows`` ``(n, 2 m)`` float32 into ``even`` and ``odd`` ``(n, m)`` float32."""
+    _split(rows, even, odd)
+
+
 def compile_kernels() -> None:
     """Compile (or load from the cache) the kernels for the array types extraction passes. The container images
     run this at build time: a check that they compile, and their cache for containers run writable (numba uses a
     cache only where it can write; read-only containers compile in each process, about 1 s)."""
     boxes = np.random.default_rng(0).normal(size=(2, 16, 16)).astype(np.float32)
     normalize_chunk(boxes, background_fit(16, 6.0), -1.0, np.zeros((16, 16), np.float32), np.zeros(2))
+    split_samples(boxes[0], np.empty((16, 8), np.float32), np.empty((16, 8), np.float32))
