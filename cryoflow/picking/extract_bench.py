@@ -33,14 +33,20 @@ system time of the same configuration still varies from run to run (box 288: 0.1
 were deleted right after it; 0.11-0.30 s over seven runs with the 2 MiB chunks of
 :data:`particle_images.CHUNK_PIXELS`, medians of 2,827-5,544 particles/s).
 
-Since normalization runs in two numba passes (:mod:`cryoflow.picking.cpu_kernels`), four
-runs of this bench here gave medians of 6,241-8,161 particles/s for the automatic box (user
-CPU 0.135-0.164 s per 1,000 particles, against about 0.30 s before), 6,915-8,372 in float16,
-5,067-5,408 for bin 4 + phase flip and 4,621-5,704 for bin 2. The binned configurations are
-bound by the Fourier binning of each whole micrograph: about 37-50 ms per 4096² micrograph on
-one core for bin 2 (:func:`particle_images.halve`), 80-90 % of their work at this bench's 203
-particles per micrograph. The first round includes numba's start (about 0.7 s in a fresh
-process: import and loading the compiled kernels from their cache).
+Since normalization runs in two numba passes (:mod:`cryoflow.picking.cpu_kernels`), and
+halving splits rows into even and odd samples in one, five runs of this bench here on one day
+gave medians of 6,232-10,973 particles/s for the automatic box (user CPU 0.090-0.127 s per
+1,000 particles, against about 0.30 s before the numba passes), 8,944-11,023 in float16,
+7,120-7,403 for bin 4 + phase flip and 6,908-7,037 for bin 2, but 4,857 for bin 2 in a slow
+spell of the machine (user CPU 0.299 s per 1,000 particles against 0.234-0.238 in the other
+four; every configuration was slower then). On a slower day four runs of the code before the
+split gave 4,621-4,910 for bin 2 and 6,241-8,161 for the automatic box. The binned
+configurations are bound by the Fourier binning of each whole micrograph: about 35-50 ms per
+4096² micrograph on one core for bin 2 (:func:`particle_images.halve`; its FFTs take about
+23 ms timed alone; in a sampling profile of bin-2 runs the split into even and odd samples,
+the first read of the memory-mapped micrograph, took a fifth of the halving), 80 % of their
+work at this bench's 203 particles per micrograph. The first round includes numba's start (about 0.7 s in
+a fresh process: import and loading the compiled kernels from their cache).
 
 The last configuration drops the micrographs from the page cache instead
 (``posix_fadvise(DONTNEED)``), so they are read from the disk as the run goes (extraction
