@@ -1,8 +1,9 @@
 """Extraction's CPU kernels, compiled by numba: background normalization in two passes, and the split of rows
 into even and odd samples for Fourier binning by 2.
 
-**Normalization** (:func:`normalize_chunk`). The result is :func:`particle_images.normalize_background`'s (a plane fitted by least squares to
-the background ring and subtracted, then the background's standard deviation scaled to 1),
+**Normalization** (:func:`normalize_chunk`). The result is
+:func:`particle_images.normalize_background`'s (a plane fitted by least squares to the
+background ring and subtracted, then the background's standard deviation scaled to 1),
 computed in two passes over each chunk of boxes instead of five, the second also summing the
 images into the report's average and giving the header statistics' sum and sum of squares:
 
