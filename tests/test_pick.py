@@ -93,6 +93,47 @@ def test_diameter_search_finds_the_particle_size(data, tmp_path):
     assert abs(summary["diameter_A"] / 117.0 - 1) <= 0.25, summary["diameter_A"]
 
 
+def test_curve_maxima_highest_first():
+    """Local maxima of the response curve as particle diameters, the highest first; a symmetric peak stays on its
+    grid point; an end of the curve, or a diameter not tried, counts as lower."""
+    d = np.array(search.DIAMETERS)
+    curve = np.linspace(0.5, 1.0, len(d))  # rising: no maximum of its own
+    curve[4:7] = [2.0, 3.0, 2.0]  # a symmetric peak at d[5]
+    curve[10:13] = [4.0, 5.0, 4.5]  # the highest, refined towards d[12]
+    curve[-3:] = [2.0, 2.5, np.nan]  # rising into a diameter not tried: d[-2] is a maximum
+    maxima = search.curve_maxima(curve, d)
+    assert len(maxima) == 3
+    assert d[11] < maxima[0] * search.SPHERE_CALIBRATION < d[12]
+    assert maxima[1] * search.SPHERE_CALIBRATION == pytest.approx(d[5], rel=1e-3)
+    assert maxima[2] * search.SPHERE_CALIBRATION == pytest.approx(d[-2], rel=1e-3)
+    assert search.choose_diameter([curve], d).diameter == maxima[0]
+
+
+def test_diameter_search_passes_over_a_maximum_few_picks_bear_out(tmp_path):
+    """On few particles (7DDO, 115 Å: two sparse micrographs, 124 particles) the response curve's highest maximum
+    lies at 174 Å, where its filter finds 16 strong picks; the next maximum whose filter finds enough is taken, and
+    its cores give the diameter."""
+    from cryoflow.picking.pick import _Micrographs, search_diameter
+    from cryoflow.picking.pick_bench import SPECIES, _dataset
+
+    data = _dataset(tmp_path / "data", SPECIES["7DDO (92 kDa, 115 Å)"], 1000, 2, (2048, 2048), 1.5)
+    result, cores = search_diameter(_Micrographs(data / "truth/micrographs_truth.star", None))
+    assert abs(result.candidates[0] / 115.0 - 1) > 0.3, result.candidates
+    assert result.confirmed and cores.strong >= search.CORE_MIN_COUNT
+    assert abs(result.diameter / 115.0 - 1) <= 0.15, result.diameter
+
+
+def test_unconfirmed_diameter_search_warns(data, tmp_path, monkeypatch, capsys):
+    """When no maximum of the curve has enough strong picks, the highest is kept, the summary says it is
+    unconfirmed, and a warning asks the user to check it."""
+    monkeypatch.setattr(search, "CORE_MIN_COUNT", 10**6)
+    summary = run_pick(data / "truth/micrographs_truth.star", tmp_path / "out", report=False, picker="blob")
+    evidence = summary["diameter_search"]
+    assert evidence["confirmed_by_strong_picks"] is False
+    assert summary["diameter_A"] == evidence["candidates_A"][0]
+    assert "warning: the diameter search found" in capsys.readouterr().err
+
+
 def test_scores_are_in_noise_units():
     """On pure noise the filter's score has unit standard deviation, whatever the noise level."""
     gen = torch.Generator().manual_seed(0)

@@ -54,6 +54,7 @@ of one job over all of them, and, when the search ran on the whole set, the sear
 from __future__ import annotations
 
 import os
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -229,10 +230,24 @@ def search_diameter(mics: _Micrographs, device="cpu", n: int = SEARCH_MICROGRAPH
         result = search.choose_diameter(curves)
     except ValueError as exc:
         raise CryoflowError(mics.star_path, f"diameter search failed: {exc}; give --diameter") from None
-    result.sphere_diameter = result.diameter
-    cores = search.Cores()
-    for c in cached:
-        cores.extend(search.measure_cores(c(bin_factor(c.apix, result.sphere_diameter)), result.sphere_diameter))
+    tried = []
+    for sphere in result.candidates[: search.MAX_CANDIDATES]:  # the curve's maxima, highest first
+        cores = search.Cores()
+        for c in cached:
+            cores.extend(search.measure_cores(c(bin_factor(c.apix, sphere)), sphere))
+        tried.append((sphere, cores))
+        if cores.strong >= search.CORE_MIN_COUNT:  # a filter matched to the particles finds many strong picks
+            result.confirmed = True
+            break
+    else:  # no maximum is: the highest is kept
+        sphere, cores = tried[0]
+        print(
+            f"cryoflow pick: warning: the diameter search found {sphere:g} Å, but its filter finds only "
+            f"{cores.strong} strong picks (fewer than {search.CORE_MIN_COUNT}; few particles?); check the search "
+            "curve in the report or give --diameter",
+            file=sys.stderr,
+        )
+    result.sphere_diameter = result.diameter = sphere
     result.core_axes, result.elongation = cores.long, cores.elongation
     refined = search.diameter_from_cores(result.core_axes, result.elongation)
     if refined is not None:

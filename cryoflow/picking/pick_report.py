@@ -228,6 +228,19 @@ def write_pick_report(out: Path, summary: dict, picks: list, evidence, choice) -
         ax.set_ylabel("response (σ)")
         ax.legend(fontsize=8)
         sec.figure(fig, f"Response against diameter on {evidence.micrographs} micrographs.", name="diameter_search")
+        if len(evidence.candidates) > 1 or not evidence.confirmed:
+            maxima = ", ".join(f"{d:.0f}" for d in evidence.candidates)
+            sec.text(
+                f"The curve's maxima, highest first, as particle diameters: {maxima} Å. A filter matched to the "
+                "particles finds many strong picks; on few particles the highest maximum may come from a few "
+                f"contaminants or ice and carbon features instead. The first maximum whose filter finds at least "
+                f"{CORE_MIN_COUNT} strong picks is taken: "
+                + (
+                    f"{evidence.sphere_diameter:.0f} Å."
+                    if evidence.confirmed
+                    else "none does, so the highest is kept, unconfirmed: check it, or give --diameter."
+                )
+            )
         if evidence.core_axes:
             sec.text(
                 "The sphere filter sees a rotationally averaged particle. The diameter is then refined from the strong "
