@@ -37,7 +37,8 @@ Outputs in ``out`` (built in a temporary folder and renamed when complete):
   sets extraction's box; ``filter_diameter_A``, the size the filter and minimum distance use:
   the same for a globular particle, nearer the width for an elongated one), threshold,
   distances and masks, with the evidence
-  (diameter response curve, picks and expected noise picks above each threshold), and
+  (diameter response curve, its maxima tried and whether the one taken is confirmed by
+  enough strong picks, picks and expected noise picks above each threshold), and
   ``fixed``: every decision taken over the whole set at full precision (diameter, filter
   diameter, threshold, the median pick's score that sets the ceiling and the flank floor, the
   CNN's logit threshold, the junk tests' spreads and medians);
