@@ -224,7 +224,7 @@ def dark_bright_fractions(image: torch.Tensor, pixel_size: float, scale: float =
     small = F.avg_pool2d(image[None, None].float(), b, b)[0, 0]
     sigma_px = max(1.0, scale / (pixel_size * b) / 2.355)
     radius = int(3 * sigma_px)
-    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32, device=small.device)
     g = torch.exp(-(x**2) / (2 * sigma_px**2))
     g /= g.sum()
     blurred = F.conv2d(F.pad(small[None, None], (radius, radius, 0, 0), mode="replicate"), g.view(1, 1, 1, -1))
