@@ -11,10 +11,11 @@ from cryoflow.errors import CryoflowError
 CHOICES = ("auto", "cpu", "cuda")
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto``: CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
+def resolve_device(name: str = "auto", gpu_when_auto: bool = True) -> torch.device:
+    """``auto``: CUDA when available (and ``gpu_when_auto``: a step whose CPU path is the faster one says False),
+    else CPU; ``cuda`` without a GPU is an error."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device("cuda" if gpu_when_auto and torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise CryoflowError(None, f"--device {name}: no CUDA GPU is available to torch {torch.__version__}")
     if name not in CHOICES and not name.startswith("cuda:"):
@@ -22,9 +23,9 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def add_device_argument(parser) -> None:
-    """Add ``--device`` to an argparse parser."""
-    parser.add_argument("--device", default="auto", help="where torch runs: auto (CUDA if available), cpu or cuda")
+def add_device_argument(parser, auto: str = "CUDA if available") -> None:
+    """Add ``--device`` to an argparse parser; ``auto`` says what ``--device auto`` picks."""
+    parser.add_argument("--device", default="auto", help=f"where torch runs: auto ({auto}), cpu or cuda")
 
 
 @contextlib.contextmanager

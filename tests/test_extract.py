@@ -457,6 +457,22 @@ def test_float16_overflow_is_an_error_saying_so(tmp_path):
     assert np.abs(images).max() > 65504 and np.isfinite(images).all()
 
 
+def test_extract_device_auto_is_the_cpu(tmp_path, monkeypatch):
+    """Extraction's CPU path outran its CUDA path on a GPU machine (see cryoflow.picking.extract), so
+    `cryoflow extract --device auto` stays on the CPU where other steps would take the GPU."""
+    import torch
+
+    from cryoflow.cli import main as cli_main
+    from cryoflow.device import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto").type == "cuda" and resolve_device("auto", gpu_when_auto=False).type == "cpu"
+    _synthetic(tmp_path)
+    args = ["extract", "--micrographs", str(tmp_path / "mics.star"), "--coordinates", str(tmp_path)]
+    assert cli_main([*args, "--out", str(tmp_path / "out"), "--box", "48"]) == 0
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["device"] == "cpu"
+
+
 def test_float16_stacks_match_float32(tmp_path):
     """--float16 writes MRC mode 12 stacks holding the float32 particles to half precision, the same
     particles.star, and the summary and merged folders say so."""

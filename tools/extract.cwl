@@ -91,7 +91,7 @@ inputs:
     type: string
     default: auto
     label: Device
-    doc: Where torch runs, auto, cpu or cuda.
+    doc: Where torch runs, auto (the CPU, faster than CUDA for extraction), cpu or cuda.
     inputBinding: {prefix: --device}
   out_name:
     type: string

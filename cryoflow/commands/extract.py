@@ -59,7 +59,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="with no particle to extract, write empty outputs instead of failing (a batch of a scattered run)",
     )
-    add_device_argument(parser)
+    add_device_argument(parser, auto="the CPU, faster here than CUDA: see cryoflow.picking.extract")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -76,7 +76,7 @@ def main(args: argparse.Namespace) -> int:
         phase_flip=args.phase_flip,
         ramp=not args.no_ramp,
         images=args.images,
-        device=resolve_device(args.device),
+        device=resolve_device(args.device, gpu_when_auto=False),
         seed=args.seed,
         allow_empty=args.allow_empty,
         float16=args.float16,
