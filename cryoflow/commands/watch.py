@@ -118,7 +118,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--round-delay", type=float, default=0.0, help=argparse.SUPPRESS)  # tests: slow 2D rounds
     parser.add_argument("--step-delay", type=float, default=0.0, help=argparse.SUPPRESS)  # tests: slow batches
     parser.add_argument("--quiet", action="store_true", help="no progress messages")
-    add_device_argument(parser)
+    add_device_argument(
+        parser, auto="CUDA if available; extraction runs on the CPU whatever this says, its faster path"
+    )
 
 
 def main(args: argparse.Namespace) -> int:
